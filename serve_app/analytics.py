@@ -1,0 +1,117 @@
+"""Analytics deployment: persist every signal (write-behind, never lost), score past signals."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from serve_app.core.analytics import WriteBehindBuffer, score_signals, summarize
+from serve_app.settings import PROJECT_ROOT
+from serve_app.stage import StageBase
+from serve_app.store import StoreError, open_store
+
+log = logging.getLogger("ray.serve")
+
+TIMEFRAME_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000}
+
+
+@serve.deployment
+class Analytics(StageBase):
+    stage = "analytics"
+
+    def __init__(self, timeframe: str = "1h", flush_interval_s: float = 0.5, outcome_horizon_candles: int = 4,
+                 spill_dir: str | None = None):
+        self._init_stage()
+        self.timeframe = timeframe
+        self.horizon_ms = outcome_horizon_candles * TIMEFRAME_MS.get(timeframe, 3_600_000)
+        spill = Path(spill_dir) if spill_dir else PROJECT_ROOT / "data" / "spill"
+        self.buffer = WriteBehindBuffer(spill / f"signals-{uuid.uuid4().hex[:12]}.jsonl")
+        self.store = None  # opened lazily so the replica starts while the database is down
+        self.store_error: str | None = None
+        self._store_lock = threading.Lock()
+        replayed = self.buffer.replay()
+        if replayed:
+            log.info("analytics: replaying %d journaled signals", replayed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(flush_interval_s,), daemon=True)
+        self._thread.start()
+
+    def _get_store(self):
+        if self.store is None:
+            self.store = open_store()
+        return self.store
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.flush()
+
+    def flush(self) -> int:
+        with self._store_lock:
+            try:
+                t0 = time.perf_counter()
+                n = self.buffer.flush(lambda batch: self._get_store().insert_signals(batch))
+                if n:
+                    self.metrics.observe("signalgen_db_query_seconds", time.perf_counter() - t0, op="insert_signals")
+                    self.metrics.inc("signalgen_signals_persisted_total", n)
+                self.store_error = None
+            except StoreError as e:
+                self.store_error = f"{type(e).__name__}: {e}"
+                self.metrics.inc("signalgen_db_errors_total", op="insert_signals")
+                n = 0
+            self.metrics.set("signalgen_write_buffer_size", len(self.buffer))
+            return n
+
+    async def record(self, records: list[dict]) -> int:
+        """Accept signal records (already flattened by schemas.signal_record); returns the buffer size."""
+        self.buffer.add(records)
+        self.metrics.set("signalgen_write_buffer_size", len(self.buffer))
+        return len(self.buffer)
+
+    def drain(self) -> dict[str, Any]:
+        """Flush now (tests and shutdown); returns what is left."""
+        self.flush()
+        return {"pending": len(self.buffer), "written": self.buffer.written, "store_error": self.store_error}
+
+    def performance(self, since_ms: int | None = None) -> dict[str, Any]:
+        """Score signals whose horizon has passed, then summarise realised performance."""
+        self.flush()
+        now_ms = int(time.time() * 1000)
+        with self._store_lock:
+            store = self._get_store()
+            pending = store.signals_without_outcome(now_ms - self.horizon_ms)
+            if pending:
+                first = min(int(s["generated_at_ms"]) for s in pending)
+                candles = {sym: store.load_candles(sym, self.timeframe, since_ms=first)
+                           for sym in {s["symbol"] for s in pending}}
+                outcomes = score_signals(pending, candles, self.horizon_ms, now_ms)
+                store.insert_outcomes(outcomes)
+            rows = store.load_performance_rows(since_ms)
+        report = summarize(rows)
+        report["horizon_ms"] = self.horizon_ms
+        report["pending_writes"] = len(self.buffer)
+        return report
+
+    def health(self) -> dict[str, Any]:
+        reasons = [f"store unreachable, {len(self.buffer)} signals buffered: {self.store_error}"] if self.store_error else []
+        return {"ok": not reasons, "reasons": reasons, "store_reachable": self.store_error is None,
+                "pending_writes": len(self.buffer), "written": self.buffer.written}
+
+    def check_health(self) -> None:
+        if not self._thread.is_alive():
+            raise RuntimeError("analytics: flush thread is not running")
+
+    def __del__(self) -> None:
+        """Graceful shutdown: flush what is buffered; journal to disk what the store cannot take."""
+        if not hasattr(self, "_stop"):
+            return
+        self._stop.set()
+        self.flush()
+        spilled = self.buffer.spill()
+        if spilled:
+            log.warning("analytics: store unavailable at shutdown, journaled %d signals to %s",
+                        spilled, self.buffer.spill_path)

@@ -1,0 +1,61 @@
+"""The app builder: typed args (pydantic) → the bound seven-deployment graph.
+
+import_path: serve_app.app:build_app. Serve validates the config's `args` against AppArgs (the builder's
+annotation); deployment options (replicas, autoscaling, CPUs, health checks) live in the serve config.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.analytics import Analytics
+from serve_app.core.market import MarketConfig
+from serve_app.core.trading import PortfolioConfig, RiskConfig, TradeConfig
+from serve_app.feature_engine import FeatureEngine
+from serve_app.market_context import MarketContext
+from serve_app.ml_engine import MLEngine
+from serve_app.orchestrator import Orchestrator
+from serve_app.portfolio import Portfolio
+from serve_app.risk import RiskManager
+
+
+class AnalyticsArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    flush_interval_s: float = Field(0.5, gt=0)
+    outcome_horizon_candles: int = Field(4, ge=1)
+    spill_dir: str | None = Field(None, description="journal for signals the store cannot take at shutdown")
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timeframe: str = Field("1h", pattern=r"^\d+[mhd]$")
+    symbols: list[str] | None = Field(None, description="track only these (default: every symbol in the store)")
+    refresh_interval_s: float = Field(30.0, gt=0, description="candle cache refresh period")
+    pipeline_max_batch_size: int = Field(32, ge=1, le=1024)
+    pipeline_batch_wait_timeout_s: float = Field(0.002, ge=0, le=1)
+    stage_timeout_s: float = Field(10.0, gt=0)
+    model_root: str | None = Field(None, description="model registry directory (default: MODEL_DIR or models/artifacts)")
+    market_history: int = Field(1000, ge=100, description="candles per symbol kept by MarketContext")
+    trade: TradeConfig = Field(default_factory=TradeConfig)
+    portfolio: PortfolioConfig = Field(default_factory=PortfolioConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    market: MarketConfig = Field(default_factory=MarketConfig)
+    analytics: AnalyticsArgs = Field(default_factory=AnalyticsArgs)
+
+
+def build_app(args: AppArgs | dict | None = None):
+    a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    features = FeatureEngine.bind(timeframe=a.timeframe, refresh_interval_s=a.refresh_interval_s,
+                                  max_data_age_s=a.risk.max_data_age_s, symbols=a.symbols)
+    market = MarketContext.bind(config=a.market.model_dump(), timeframe=a.timeframe,
+                                refresh_interval_s=a.refresh_interval_s, history=a.market_history)
+    ml = MLEngine.bind(model_root=a.model_root)
+    portfolio = Portfolio.bind(trade=a.trade.model_dump(), config=a.portfolio.model_dump())
+    risk = RiskManager.bind(trade=a.trade.model_dump(), config=a.risk.model_dump())
+    analytics = Analytics.bind(timeframe=a.timeframe, flush_interval_s=a.analytics.flush_interval_s,
+                               outcome_horizon_candles=a.analytics.outcome_horizon_candles,
+                               spill_dir=a.analytics.spill_dir)
+    return Orchestrator.bind(features, market, ml, portfolio, risk, analytics, timeframe=a.timeframe,
+                             max_batch_size=a.pipeline_max_batch_size,
+                             batch_wait_timeout_s=a.pipeline_batch_wait_timeout_s,
+                             stage_timeout_s=a.stage_timeout_s)

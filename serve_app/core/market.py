@@ -1,0 +1,157 @@
+"""Market context core: time-decayed news sentiment, cross-asset momentum, breadth and a regime label.
+
+Pure numpy over a snapshot of closes and news; no ray import. One call handles a whole batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from serve_app.store.base import NewsItem
+
+REFERENCE_SYMBOL = "BTC"
+
+
+class MarketConfig(BaseModel):
+    sentiment_half_life_hours: float = Field(12.0, gt=0)
+    news_lookback_hours: float = Field(72.0, gt=0)
+    symbol_sentiment_weight: float = Field(0.7, ge=0, le=1, description="rest goes to market-wide news")
+    momentum_lookback: int = Field(24, ge=2, description="candles")
+    vol_lookback: int = Field(48, ge=5, description="candles for realised volatility")
+    volatile_percentile: float = Field(0.85, gt=0, lt=1,
+                                       description="realised vol above this percentile of its own history → volatile")
+    trend_efficiency: float = Field(0.35, gt=0, lt=1,
+                                    description="Kaufman efficiency ratio above this → trending")
+
+
+@dataclass
+class SymbolSeries:
+    closes: np.ndarray  # the most recent closes, ascending
+    vol_threshold: float  # realised vol at `volatile_percentile` over the history
+    news_time_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    news_score: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+
+@dataclass
+class MarketSnapshot:
+    """What the MarketContext replica keeps in memory, refreshed off the request path."""
+
+    series: dict[str, SymbolSeries]
+    all_news_time_ms: np.ndarray
+    all_news_score: np.ndarray
+    loaded_at_ms: int
+
+
+def _log_returns(closes: np.ndarray) -> np.ndarray:
+    return np.diff(np.log(closes))
+
+
+def rolling_vol_threshold(closes: np.ndarray, lookback: int, percentile: float) -> float:
+    """Percentile of the rolling realised volatility (std of log returns) over the whole history."""
+    r = _log_returns(closes)
+    if r.size < lookback + 1:
+        return float("inf")
+    windows = np.lib.stride_tricks.sliding_window_view(r, lookback)
+    return float(np.quantile(windows.std(axis=1, ddof=1), percentile))
+
+
+def build_snapshot(closes_by_symbol: dict[str, np.ndarray], news: Sequence[NewsItem], cfg: MarketConfig,
+                   now_ms: int) -> MarketSnapshot:
+    keep = max(cfg.momentum_lookback, cfg.vol_lookback) + 2
+    by_symbol: dict[str, list[NewsItem]] = {}
+    for item in news:
+        by_symbol.setdefault(item.symbol, []).append(item)
+    series = {}
+    for sym, closes in closes_by_symbol.items():
+        items = by_symbol.get(sym, [])
+        series[sym] = SymbolSeries(
+            closes=np.asarray(closes[-keep:], dtype=np.float64),
+            vol_threshold=rolling_vol_threshold(np.asarray(closes, dtype=np.float64), cfg.vol_lookback,
+                                                cfg.volatile_percentile),
+            news_time_ms=np.array([n.published_at for n in items], dtype=np.int64),
+            news_score=np.array([n.score for n in items], dtype=np.float64),
+        )
+    return MarketSnapshot(
+        series=series,
+        all_news_time_ms=np.array([n.published_at for n in news], dtype=np.int64),
+        all_news_score=np.array([n.score for n in news], dtype=np.float64),
+        loaded_at_ms=now_ms,
+    )
+
+
+def decayed_sentiment(times_ms: np.ndarray, scores: np.ndarray, now_ms: int, half_life_hours: float,
+                      lookback_hours: float) -> tuple[float, int]:
+    """Exponentially time-decayed mean score of the news published in (now - lookback, now]."""
+    age_h = (now_ms - times_ms) / 3_600_000.0
+    mask = (age_h >= 0) & (age_h <= lookback_hours)
+    if not mask.any():
+        return 0.0, 0
+    w = np.power(0.5, age_h[mask] / half_life_hours)
+    return float(np.clip(np.dot(w, scores[mask]) / w.sum(), -1.0, 1.0)), int(mask.sum())
+
+
+def efficiency_ratio(closes: np.ndarray) -> float:
+    """|net move| / path length: 1 for a straight line, near 0 for chop."""
+    path = np.abs(np.diff(closes)).sum()
+    return float(abs(closes[-1] - closes[0]) / path) if path > 0 else 0.0
+
+
+def _lookback_return(closes: np.ndarray, lookback: int) -> float:
+    if closes.size <= lookback:
+        return 0.0
+    return float(math.log(closes[-1] / closes[-1 - lookback]))
+
+
+def compute_contexts(symbols: Sequence[str], prices: Sequence[float], now_ms: Sequence[int],
+                     snap: MarketSnapshot, cfg: MarketConfig) -> list[dict]:
+    """Market context for each (symbol, live price, as-of time) of a batch.
+
+    - sentiment: symbol news blended with market-wide news, time-decayed, in [-1, 1]
+    - momentum: the symbol's log return over `momentum_lookback` candles minus BTC's (for BTC itself:
+      its own return), with the request's price as the live close
+    - breadth: share of tracked symbols whose lookback return is positive
+    - regime: volatile (realised vol above its own historical percentile), trending (efficiency ratio
+      above threshold), else ranging
+    """
+    L = cfg.momentum_lookback
+    rets = {s: _lookback_return(ser.closes, L) for s, ser in snap.series.items()}
+    breadth = float(np.mean([r > 0 for r in rets.values()])) if rets else 0.5
+    ref = snap.series.get(REFERENCE_SYMBOL)
+    out = []
+    for sym, price, t in zip(symbols, prices, now_ms):
+        ser = snap.series.get(sym)
+        if ser is None or ser.closes.size < 3:
+            out.append({"ok": False, "error": "unknown_symbol"})
+            continue
+        closes = ser.closes.copy()
+        closes[-1] = price
+        own = _lookback_return(closes, L)
+        momentum = own if (sym == REFERENCE_SYMBOL or ref is None) else own - rets[REFERENCE_SYMBOL]
+        sym_sent, n_sym = decayed_sentiment(ser.news_time_ms, ser.news_score, t, cfg.sentiment_half_life_hours,
+                                            cfg.news_lookback_hours)
+        mkt_sent, n_all = decayed_sentiment(snap.all_news_time_ms, snap.all_news_score, t,
+                                            cfg.sentiment_half_life_hours, cfg.news_lookback_hours)
+        w = cfg.symbol_sentiment_weight if n_sym else 0.0
+        sentiment = float(np.clip(w * sym_sent + (1 - w) * mkt_sent, -1, 1))
+        tail = closes[-(cfg.vol_lookback + 1):]
+        vol = float(_log_returns(tail).std(ddof=1)) if tail.size > 2 else 0.0
+        if vol > ser.vol_threshold:
+            regime = "volatile"
+        elif efficiency_ratio(closes[-(L + 1):]) > cfg.trend_efficiency:
+            regime = "trending"
+        else:
+            regime = "ranging"
+        out.append({
+            "ok": True,
+            "sentiment": round(sentiment, 6),
+            "market_sentiment": round(mkt_sent, 6),
+            "momentum": round(momentum, 6),
+            "breadth": round(breadth, 6),
+            "regime": regime,
+            "news_count": n_sym,
+        })
+    return out

@@ -1,0 +1,83 @@
+"""MarketContext deployment: time-decayed news sentiment + cross-asset momentum → regime."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ray import serve
+
+from serve_app.core.cache import CandleCache
+from serve_app.core.market import MarketConfig, MarketSnapshot, build_snapshot, compute_contexts
+from serve_app.stage import StageBase
+from serve_app.store import StoreError, open_store
+
+
+def request_time_ms(r: dict) -> int:
+    return int(r.get("asof_ms") or time.time() * 1000)
+
+
+@serve.deployment
+class MarketContext(StageBase):
+    stage = "market_context"
+
+    def __init__(self, config: dict | None = None, timeframe: str = "1h", refresh_interval_s: float = 30.0,
+                 history: int = 1000):
+        self._init_stage()
+        self.cfg = MarketConfig.model_validate(config or {})
+        self.cache = CandleCache(open_store, timeframe, window=history)
+        self.snapshot: MarketSnapshot | None = None
+        self.news_error: str | None = None
+        self._lock = threading.Lock()
+        self._refresh()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(refresh_interval_s,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self.cache.refresh()
+        now_ms = int(time.time() * 1000)
+        since = now_ms - int(self.cfg.news_lookback_hours * 3_600_000) - 86_400_000
+        try:
+            with self.cache.lock:
+                news = self.cache.store.load_news(since)
+            self.news_error = None
+        except StoreError as e:
+            self.news_error = f"{type(e).__name__}: {e}"
+            if self.snapshot is not None:
+                return  # keep serving the last snapshot
+            news = []
+        closes = {s: c.close for s, c in self.cache.data.items()}
+        if closes:
+            snap = build_snapshot(closes, news, self.cfg, now_ms)
+            with self._lock:
+                self.snapshot = snap
+
+    async def context(self, requests: list[dict]) -> list[dict]:
+        with self.timed():
+            snap = self.snapshot
+            if snap is None:
+                return [{"ok": False, "error": "store_unavailable",
+                         "message": f"market context has no data: {self.cache.last_error}"} for _ in requests]
+            return compute_contexts([r["symbol"] for r in requests], [r["price"] for r in requests],
+                                    [request_time_ms(r) for r in requests], snap, self.cfg)
+
+    def health(self) -> dict[str, Any]:
+        snap = self.snapshot
+        reasons = [] if snap else ["no market snapshot loaded" + (f": {self.cache.last_error}" if self.cache.last_error else "")]
+        return {"ok": not reasons, "reasons": reasons, "store_reachable": self.cache.last_error is None
+                and self.news_error is None, "store_error": self.cache.last_error or self.news_error,
+                "symbols": len(snap.series) if snap else 0,
+                "news_items": int(snap.all_news_score.size) if snap else 0}
+
+    def check_health(self) -> None:
+        if not self._thread.is_alive():
+            raise RuntimeError("market context: refresh thread is not running")
+
+    def __del__(self) -> None:
+        if hasattr(self, "_stop"):
+            self._stop.set()

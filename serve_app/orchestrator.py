@@ -1,0 +1,212 @@
+"""Orchestrator deployment: the FastAPI ingress. Validates, groups concurrent requests into one pipeline
+batch (@serve.batch), fans out to the stages with one handle call per stage per batch, fans in."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import FastAPI, Query
+from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.metrics import merge_exposition
+from serve_app.schemas import ErrorBody, SignalRequest, SignalResponse, signal_record
+from serve_app.stage import StageBase
+
+log = logging.getLogger("ray.serve")
+
+ERROR_STATUS = {"unknown_symbol": 404, "insufficient_history": 404, "store_unavailable": 503}
+
+api = FastAPI(
+    title="Crypto signal service",
+    version="0.1.0",
+    description="Trading signals (BUY/SELL/HOLD) from seven Ray Serve deployments: features, market context, "
+                "XGBoost, portfolio sizing, risk checks and analytics.",
+)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_response(it: dict[str, Any], timeframe: str, now_ms: int) -> dict[str, Any]:
+    """The public signal from a pipeline item that went through every stage (ray-free)."""
+    ctx = {k: v for k, v in it["market_context"].items() if k not in ("ok", "error", "message")}
+    return {
+        "signal_id": uuid.uuid4().hex,
+        "symbol": it["symbol"],
+        "timeframe": timeframe,
+        "price": it["price"],
+        "action": it["action"],
+        "confidence": round(it["confidence"], 6),
+        "probabilities": {k: round(v, 6) for k, v in it["probabilities"].items()},
+        "position": it["position"],
+        "risk": it["risk"],
+        "market_context": ctx,
+        "model_version": it["model_version"],
+        "generated_at": _iso(now_ms),
+        "data": {
+            "as_of": _iso(it["asof_ms"]),
+            "last_close": it["last_close"],
+            "last_candle_open": _iso(it["last_open_time_ms"]),
+            "atr": it["atr"],
+            "atr_pct": it["atr_pct"],
+            "equity": it["equity"],
+            "kelly_fraction": it.get("kelly_fraction"),
+            "vol_cap_fraction": it.get("vol_cap_fraction"),
+            "candles_cached": it["candles_cached"],
+            "cache_age_s": it["cache_age_s"],
+        },
+    }
+
+
+@serve.deployment
+@serve.ingress(api)
+class Orchestrator(StageBase):
+    stage = "orchestrator"
+
+    def __init__(self, features: DeploymentHandle, market: DeploymentHandle, ml: DeploymentHandle,
+                 portfolio: DeploymentHandle, risk: DeploymentHandle, analytics: DeploymentHandle,
+                 timeframe: str = "1h", max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002,
+                 stage_timeout_s: float = 10.0):
+        self._init_stage()
+        self.stages = {"features": features, "market_context": market, "ml": ml, "portfolio": portfolio,
+                       "risk": risk, "analytics": analytics}
+        self.features, self.market, self.ml = features, market, ml
+        self.portfolio, self.risk, self.analytics = portfolio, risk, analytics
+        self.timeframe = timeframe
+        self.stage_timeout_s = stage_timeout_s
+        self.pipeline.set_max_batch_size(max_batch_size)
+        self.pipeline.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._persist_tasks: set[asyncio.Task] = set()
+
+    # ---------------------------------------------------------------- signal
+    @api.post("/generate_signal", response_model=SignalResponse,
+              responses={404: {"model": ErrorBody, "description": "Unknown symbol (no candles)"},
+                         422: {"description": "Invalid body; the message names the field"},
+                         503: {"model": ErrorBody, "description": "Market data store unreachable"},
+                         504: {"model": ErrorBody, "description": "A stage did not answer in time"}})
+    async def generate_signal(self, req: SignalRequest) -> Response:
+        t0 = time.perf_counter()
+        asof = req.timestamp or datetime.now(timezone.utc)
+        if asof.tzinfo is None:
+            asof = asof.replace(tzinfo=timezone.utc)
+        item = {"symbol": req.symbol, "price": req.price, "asof_ms": int(asof.timestamp() * 1000),
+                "equity": req.equity}
+        status, body = await self.pipeline(item)
+        self.metrics.inc("signalgen_requests_total", route="/generate_signal", status=str(status))
+        self.metrics.observe("signalgen_request_latency_seconds", time.perf_counter() - t0)
+        return JSONResponse(body, status_code=status)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def pipeline(self, items: list[dict]) -> list[tuple[int, dict]]:
+        """One batch through every stage: features ∥ market context → ML → portfolio → risk; analytics
+        off the critical path. DeploymentResponses are passed straight into the next handle call."""
+        self.metrics.observe("signalgen_pipeline_batch_size", len(items))
+        f = self.features.compute.remote(items)
+        c = self.market.context.remote(items)
+        p = self.ml.predict.remote(f)
+        s = self.portfolio.size.remote(p, c)
+        r = self.risk.assess.remote(s)
+        try:
+            out = await asyncio.wait_for(r, timeout=self.stage_timeout_s)
+        except asyncio.TimeoutError:
+            r.cancel()
+            stage = await self._failed_stage([("features", f), ("market_context", c), ("ml", p),
+                                              ("portfolio", s), ("risk", r)], timeout=0.0)
+            self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason="timeout")
+            return [(504, {"detail": f"signal pipeline timed out after {self.stage_timeout_s:g} s "
+                                     f"waiting for stage '{stage}'"})] * len(items)
+        except Exception as e:  # a stage raised: name it, never leak a stack trace
+            stage = await self._failed_stage([("features", f), ("market_context", c), ("ml", p),
+                                              ("portfolio", s), ("risk", r)], timeout=1.0)
+            log.exception("pipeline failed in stage %s", stage)
+            self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason=type(e).__name__)
+            return [(500, {"detail": f"internal error in stage '{stage}'"})] * len(items)
+        now_ms = int(time.time() * 1000)
+        results: list[tuple[int, dict]] = []
+        records = []
+        for it in out:
+            if not it.get("ok"):
+                err = it.get("error") or "unknown"
+                results.append((ERROR_STATUS.get(err, 500), {"detail": it.get("message") or err, "error": err}))
+                continue
+            resp = build_response(it, self.timeframe, now_ms)
+            records.append(signal_record(resp, now_ms))
+            self.metrics.inc("signalgen_signals_total", symbol=resp["symbol"], action=resp["action"])
+            results.append((200, resp))
+        if records:
+            task = asyncio.create_task(self._persist(records))
+            self._persist_tasks.add(task)
+            task.add_done_callback(self._persist_tasks.discard)
+        return results
+
+    async def _failed_stage(self, chain: list[tuple[str, Any]], timeout: float) -> str:
+        for name, resp in chain:
+            try:
+                await asyncio.wait_for(resp, timeout=timeout)
+            except BaseException:  # noqa: BLE001 - the first stage that failed or did not finish
+                return name
+        return "orchestrator"
+
+    async def _persist(self, records: list[dict], attempts: int = 5) -> None:
+        """Hand the signals to Analytics (which buffers and writes behind); retried so none is dropped."""
+        for attempt in range(attempts):
+            try:
+                await self.analytics.record.remote(records)
+                return
+            except Exception as e:
+                self.metrics.inc("signalgen_stage_failures_total", stage="analytics", reason=type(e).__name__)
+                log.warning("analytics.record failed (attempt %d): %s", attempt + 1, e)
+                await asyncio.sleep(0.2 * 2 ** attempt)
+        log.error("could not hand %d signals to analytics: %s", len(records), [r["signal_id"] for r in records])
+
+    # ---------------------------------------------------------------- health, metrics, analytics
+    @api.get("/health")
+    async def health(self) -> JSONResponse:
+        async def one(name: str, handle: DeploymentHandle) -> dict:
+            try:
+                return await asyncio.wait_for(handle.health.remote(), timeout=5.0)
+            except Exception as e:
+                return {"ok": False, "reasons": [f"{name} did not answer: {type(e).__name__}"]}
+
+        names = list(self.stages)
+        reports = await asyncio.gather(*(one(n, self.stages[n]) for n in names))
+        stages = dict(zip(names, reports))
+        stages["orchestrator"] = {"ok": True, "reasons": []}
+        reasons = [f"{n}: {r}" for n, rep in stages.items() for r in rep.get("reasons", [])]
+        ok = all(rep.get("ok") for rep in stages.values())
+        body = {"status": "ok" if ok else "unavailable", "reasons": reasons, "stages": stages}
+        self.metrics.inc("signalgen_requests_total", route="/health", status="200" if ok else "503")
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @api.get("/metrics")
+    async def metrics_endpoint(self) -> Response:
+        names = list(self.stages)
+
+        async def one(handle: DeploymentHandle) -> list:
+            try:
+                return await asyncio.wait_for(handle.metrics_families.remote(), timeout=5.0)
+            except Exception:
+                return []
+
+        fams = await asyncio.gather(*(one(self.stages[n]) for n in names))
+        text = merge_exposition([("orchestrator", self.metrics_families()), *zip(names, fams)])
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/analytics/performance")
+    async def performance(self, since: datetime | None = Query(None, description="only signals after this")) -> JSONResponse:
+        since_ms = int(since.timestamp() * 1000) if since else None
+        try:
+            return JSONResponse(await self.analytics.performance.remote(since_ms))
+        except Exception as e:
+            return JSONResponse({"detail": f"analytics unavailable: {type(e).__name__}"}, status_code=503)
+
+    def check_health(self) -> None:
+        pass  # the ingress holds no resource of its own; /health reports the stages

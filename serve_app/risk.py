@@ -1,0 +1,37 @@
+"""RiskManager deployment: ATR stops, exposure caps, circuit breakers → approved / blocked + reasons."""
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from serve_app.core.trading import ExposureBook, RiskConfig, TradeConfig, assess
+from serve_app.stage import StageBase
+
+
+def assess_batch(items: list[dict], trade: TradeConfig, cfg: RiskConfig, book: ExposureBook) -> list[dict]:
+    for it in items:
+        if it.get("ok"):
+            it.update(assess(it, trade, cfg, book))
+    return items
+
+
+@serve.deployment
+class RiskManager(StageBase):
+    stage = "risk"
+
+    def __init__(self, trade: dict | None = None, config: dict | None = None):
+        self._init_stage()
+        self.trade = TradeConfig.model_validate(trade or {})
+        self.cfg = RiskConfig.model_validate(config or {})
+        self.book = ExposureBook(self.cfg.position_ttl_s)
+
+    async def assess(self, items: list[dict]) -> list[dict]:
+        with self.timed():
+            return assess_batch(items, self.trade, self.cfg, self.book)
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "reasons": [], "open_positions": len(self.book.positions)}
+
+    def check_health(self) -> None:
+        pass  # in-memory exposure book only
