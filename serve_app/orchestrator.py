@@ -1,6 +1,5 @@
 """Orchestrator deployment: the FastAPI ingress. Validates, groups concurrent requests into one pipeline
 batch (@serve.batch), fans out to the stages with one handle call per stage per batch, fans in."""
-from __future__ import annotations
 
 import asyncio
 import logging

@@ -1,0 +1,280 @@
+"""SYNTHETIC sample data — generated, NOT real market data or real news.
+
+It exists so that a fresh clone can train a model and serve signals without any download. Prices
+are a simulated random walk, and headlines are made-up text tagged `source = "synthetic-sample"`
+(`SAMPLE_SOURCE`) and prefixed "[SYNTHETIC SAMPLE NEWS]". Real data comes in through the
+import/ingest commands.
+
+The simulation is deterministic: every random stream is a numpy `default_rng` seeded from a SHA-256
+of the symbol and stream name (never Python's salted `hash()`), so the values are identical run to
+run; only the timestamps move with `end_ms`. It has enough structure for a model to learn a little:
+
+* a common market factor (BTC loads on it with beta 1 and little idiosyncratic noise, so the other
+  symbols are correlated with BTC), plus a per-symbol idiosyncratic factor;
+* both factors switch between calm / bull / bear regimes (Markov chain) that set drift and
+  volatility;
+* AR(1) shocks give mild return autocorrelation (momentum);
+* intrabar wicks scale with volatility (low <= min(open, close) <= max(open, close) <= high);
+* volume rises with |return|.
+
+Series are generated newest-first and the path is scaled so that the last close equals
+`SAMPLE_SYMBOLS[symbol]` exactly; as a consequence the newest candles do not depend on `n` (a
+longer sample only extends further into the past), which keeps the news scores consistent with
+whatever number of candles was seeded.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy.signal import lfilter
+
+from serve_app.store.base import Candles, NewsItem, Store
+
+SAMPLE_SOURCE = "synthetic-sample"
+NEWS_PREFIX = "[SYNTHETIC SAMPLE NEWS]"
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+# The close of the newest candle of each symbol's sample.
+SAMPLE_SYMBOLS: dict[str, float] = {
+    "BTC": 50000.0, "ETH": 3000.0, "SOL": 100.0, "BNB": 600.0,
+    "XRP": 0.6, "ADA": 0.45, "DOGE": 0.15, "AVAX": 35.0,
+}
+
+
+@dataclass(frozen=True)
+class _Profile:
+    name: str
+    beta: float  # loading on the common market factor
+    idio_vol: float  # hourly idiosyncratic volatility (log return)
+    notional_usd: float  # typical traded notional per hour
+
+
+_PROFILES: dict[str, _Profile] = {
+    "BTC": _Profile("Bitcoin", 1.00, 0.0012, 6.0e7),
+    "ETH": _Profile("Ethereum", 1.15, 0.0030, 3.0e7),
+    "SOL": _Profile("Solana", 1.35, 0.0060, 1.2e7),
+    "BNB": _Profile("Binance Coin", 0.85, 0.0035, 6.0e6),
+    "XRP": _Profile("XRP", 1.15, 0.0055, 8.0e6),
+    "ADA": _Profile("Cardano", 1.20, 0.0055, 4.0e6),
+    "DOGE": _Profile("Dogecoin", 1.45, 0.0080, 6.0e6),
+    "AVAX": _Profile("Avalanche", 1.40, 0.0070, 3.0e6),
+}
+assert set(_PROFILES) == set(SAMPLE_SYMBOLS)
+
+# Regimes (calm, bull, bear) as (hourly drift, volatility multiplier); the chain stays put with
+# probability _REGIME_STAY per hour (mean regime length ~67 h).
+_MARKET_REGIMES = np.array([[0.0, 0.6], [0.0005, 1.0], [-0.0006, 1.5]])
+_IDIO_REGIMES = np.array([[0.0, 0.8], [0.0003, 1.0], [-0.0003, 1.2]])
+_REGIME_STAY = 0.985
+_MARKET_VOL = 0.0045  # hourly
+_MARKET_PHI = 0.10  # lag-1 autocorrelation of the market shocks
+_IDIO_PHI = 0.05
+_WICK_SCALE = 0.6  # wick length in units of the candle's volatility
+
+_NEWS_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "up": ("{name} climbs as buyers step in", "{name} extends gains on strong spot demand",
+           "Analysts turn constructive on {name} after steady inflows",
+           "{name} breaks above short-term resistance"),
+    "down": ("{name} slips as traders take profit", "{name} under pressure amid risk-off mood",
+             "{name} falls as funding rates cool", "Selling pressure weighs on {name}"),
+    "flat": ("{name} trades sideways in a quiet session", "{name} holds its range as volumes thin",
+             "Mixed signals for {name} as the market waits for direction",
+             "{name} little changed on the day"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# time helpers
+# --------------------------------------------------------------------------------------------------
+
+def timeframe_ms(timeframe: str) -> int:
+    """Length of one candle in ms: "1m", "15m", "1h", "4h", "1d", "1w"."""
+    match = re.fullmatch(r"(\d+)([mhdw])", timeframe)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"unsupported timeframe {timeframe!r} (expected e.g. 15m, 1h, 4h, 1d)")
+    unit = {"m": 60_000, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}[match.group(2)]
+    return int(match.group(1)) * unit
+
+
+def anchor_ms(end_ms: int | None, step_ms: int) -> int:
+    """`end_ms` (default: now) floored to the candle grid: the open time of the newest candle."""
+    end = int(time.time() * 1000) if end_ms is None else int(end_ms)
+    return end - end % step_ms
+
+
+def iso_utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------------
+# the simulation (arrays are newest-first: index 0 is the newest candle)
+# --------------------------------------------------------------------------------------------------
+
+def _rng(key: str, stream: str) -> np.random.Generator:
+    """A generator that depends only on (key, stream), stable across runs and Python versions."""
+    words = [int.from_bytes(hashlib.sha256(f"signalgen-sample/{part}".encode()).digest()[:8], "big")
+             for part in (key, stream)]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def _regime_chain(rng: np.random.Generator, n: int, stay: float) -> np.ndarray:
+    """A 3-state Markov chain: stay with probability `stay`, else jump to one of the other two."""
+    u = rng.random((n, 2))
+    states = np.empty(n, dtype=np.int64)
+    state = int(u[0, 1] * 3)
+    for k in range(n):
+        if k and u[k, 0] > stay:
+            state = (state + 1 + int(u[k, 1] * 2)) % 3
+        states[k] = state
+    return states
+
+
+def _factor(key: str, n: int, regimes: np.ndarray, vol: float, phi: float,
+            step_h: float) -> tuple[np.ndarray, np.ndarray]:
+    """Regime-switching AR(1) log returns and their per-candle volatility, newest-first."""
+    states = _regime_chain(_rng(key, "regime"), n, _REGIME_STAY ** step_h)
+    sigma = vol * regimes[states, 1] * math.sqrt(step_h)
+    shocks = sigma * _rng(key, "shock").standard_normal(n)
+    shocks[0] /= math.sqrt(1.0 - phi * phi)  # start the AR(1) in its stationary distribution
+    return regimes[states, 0] * step_h + lfilter([1.0], [1.0, -phi], shocks), sigma
+
+
+def _profile(symbol: str) -> _Profile:
+    if symbol not in _PROFILES:
+        raise ValueError(f"no synthetic sample for {symbol!r}; known: {', '.join(SAMPLE_SYMBOLS)}")
+    return _PROFILES[symbol]
+
+
+def sample_candles(symbol: str, n: int = 2160, end_ms: int | None = None,
+                   timeframe: str = "1h") -> Candles:
+    """`n` synthetic candles of `symbol`, ascending; the newest opens at `end_ms` floored to the
+    timeframe (default: the current bar) and closes at exactly SAMPLE_SYMBOLS[symbol]."""
+    profile, step = _profile(symbol), timeframe_ms(timeframe)
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    step_h = step / HOUR_MS
+    market, market_sigma = _factor("market", n, _MARKET_REGIMES, _MARKET_VOL, _MARKET_PHI, step_h)
+    idio, idio_sigma = _factor(symbol, n, _IDIO_REGIMES, profile.idio_vol, _IDIO_PHI, step_h)
+    ret = profile.beta * market + idio
+    sigma = np.hypot(profile.beta * market_sigma, idio_sigma)
+
+    close = SAMPLE_SYMBOLS[symbol] * np.exp(-np.concatenate(([0.0], np.cumsum(ret[:-1]))))
+    open_ = np.append(close[1:], close[-1] * math.exp(-ret[-1]))  # open[t] = close[t-1]
+    wick = np.abs(_rng(symbol, "wick").standard_normal((n, 2))) * _WICK_SCALE * sigma[:, None]
+    high = np.maximum(open_, close) * np.exp(wick[:, 0])
+    low = np.minimum(open_, close) * np.exp(-wick[:, 1])
+    activity = np.exp(0.35 * _rng(symbol, "volume").standard_normal(n)) * (0.4 + np.abs(ret) / sigma)
+    volume = profile.notional_usd * step_h * activity / ((open_ + close) / 2)
+
+    end = anchor_ms(end_ms, step)
+    open_time = end - step * np.arange(n - 1, -1, -1, dtype=np.int64)
+    return Candles(symbol, timeframe, open_time, open_[::-1].copy(), high[::-1].copy(),
+                   low[::-1].copy(), close[::-1].copy(), volume[::-1].copy())
+
+
+# --------------------------------------------------------------------------------------------------
+# news
+# --------------------------------------------------------------------------------------------------
+
+def _headline(symbol: str, score: float, rng: np.random.Generator) -> str:
+    mood = "up" if score > 0.25 else "down" if score < -0.25 else "flat"
+    options = _NEWS_TEMPLATES[mood]
+    text = options[int(rng.integers(len(options)))].format(name=f"{_profile(symbol).name} ({symbol})")
+    return f"{NEWS_PREFIX} {text} (synthetic sample, not real news)"
+
+
+def _symbol_news(symbol: str, end: int, days: int) -> list[NewsItem]:
+    """2-4 headlines a day; score ~ tanh of the trailing 24 h sample return plus noise."""
+    n = days * 24 + 48
+    log_close = np.log(sample_candles(symbol, n=n, end_ms=end).close)
+    day_sd = float(np.std(np.diff(log_close))) * math.sqrt(24) or 1.0
+    rng = _rng(symbol, "news")
+    items = []
+    for day in range(days):
+        for _ in range(2 + int(rng.integers(3))):
+            hours_back, minute = day * 24 + int(rng.integers(24)), int(rng.integers(60))
+            i = n - 3 - hours_back  # the newest candle closed before publication
+            trailing = log_close[i] - log_close[i - 24]
+            score = float(np.clip(0.75 * math.tanh(trailing / day_sd) + 0.3 * rng.standard_normal(), -1, 1))
+            items.append(NewsItem(symbol, end - hours_back * HOUR_MS - minute * 60_000, SAMPLE_SOURCE,
+                                  round(score, 3), _headline(symbol, score, rng)))
+    return items
+
+
+def sample_news(symbols: Iterable[str], end_ms: int | None = None, days: int = 30) -> list[NewsItem]:
+    """Synthetic headlines for the `days` before `end_ms` (default: now; floored to the hour; no
+    item is later than that), ascending by published_at, source SAMPLE_SOURCE."""
+    end = anchor_ms(end_ms, HOUR_MS)
+    items = [item for symbol in symbols for item in _symbol_news(symbol, end, days)]
+    return sorted(items, key=lambda it: (it.published_at, it.symbol, it.headline))
+
+
+# --------------------------------------------------------------------------------------------------
+# seeding a store
+# --------------------------------------------------------------------------------------------------
+
+def seed_store(store: Store, symbols: Sequence[str] | None = None, n: int = 2160,
+               end_ms: int | None = None, timeframe: str = "1h", *, replace: bool = False) -> dict[str, Any]:
+    """Write the sample (candles + news) for `symbols` (default: all of SAMPLE_SYMBOLS); idempotent.
+
+    With `replace=True` the sample is re-anchored cleanly: the symbols' candles outside the new
+    window and their earlier synthetic news are deleted (only news with source SAMPLE_SOURCE)."""
+    symbols = list(symbols or SAMPLE_SYMBOLS)
+    for symbol in symbols:
+        _profile(symbol)  # fail before writing anything
+    step = timeframe_ms(timeframe)
+    end = anchor_ms(end_ms, step)
+    store.migrate()
+    candles_written = candles_deleted = 0
+    for symbol in symbols:
+        candles = sample_candles(symbol, n, end, timeframe)
+        candles_written += store.upsert_candles(symbol, timeframe, candles.to_rows())
+        if replace:
+            candles_deleted += store.delete_candles(symbol, timeframe, before_ms=int(candles.open_time[0]),
+                                                    after_ms=int(candles.open_time[-1]))
+    days = max(1, min(30, n * step // DAY_MS))
+    news = sample_news(symbols, end_ms=end, days=days)
+    news_deleted = store.delete_news(SAMPLE_SOURCE, symbols) if replace else 0
+    news_new = store.insert_news(news)
+    return {
+        "backend": store.backend, "symbols": symbols, "timeframe": timeframe, "candles_per_symbol": n,
+        "end_ms": end, "end_time": iso_utc(end),
+        "rows": {"candles": candles_written, "news_sentiment": news_new},
+        "deleted": {"candles": candles_deleted, "news_sentiment": news_deleted},
+    }
+
+
+def _last_candle(store: Store, symbol: str, timeframe: str) -> Candles:
+    return store.load_candles(symbol, timeframe, limit=1)
+
+
+def sample_is_stale(store: Store, timeframe: str = "1h", max_age_ms: int = 2 * HOUR_MS,
+                    now_ms: int | None = None) -> bool:
+    """True when the store has no candles in `timeframe`, or BTC's newest candle opened more than
+    `max_age_ms` before `now_ms` (default: now)."""
+    if not store.list_symbols(timeframe):
+        return True
+    last = _last_candle(store, "BTC", timeframe)
+    if len(last) == 0:
+        return True
+    now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    return now - int(last.open_time[-1]) > max_age_ms
+
+
+def holds_sample_data(store: Store, timeframe: str = "1h") -> bool:
+    """True when every symbol with candles in `timeframe` is a sample symbol whose newest close is
+    the sample's exact final price (real data is practically never exactly that), or there are no
+    candles. Used to avoid overwriting imported data with the synthetic sample."""
+    for symbol in store.list_symbols(timeframe):
+        last = _last_candle(store, symbol, timeframe)
+        if symbol not in SAMPLE_SYMBOLS or float(last.close[-1]) != SAMPLE_SYMBOLS[symbol]:
+            return False
+    return True

@@ -1,0 +1,296 @@
+"""The Store implementation shared by both backends: every query, and the conversion of Python values
+to and from rows, lives here once. A backend only supplies a `Dialect` and `_run()`, which executes
+one (already dialect-translated) statement and maps its driver's connectivity errors to
+StoreUnavailable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from abc import abstractmethod
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from serve_app.store.base import (
+    OUTCOME_COLUMNS, SIGNAL_COLUMNS, Candles, NewsItem, Store, StoreError,
+)
+from serve_app.store.schema import (
+    CANDLES, MIGRATIONS, NEWS_COLUMNS, NEWS_DEDUP, NEWS_SENTIMENT, SCHEMA_MIGRATIONS, SIGNAL_JSON_COLUMNS,
+    SIGNAL_OUTCOMES, SIGNALS, Dialect,
+)
+
+Mode = Literal["execute", "executemany", "query"]
+
+_CANDLE_VALUES = ("open", "high", "low", "close", "volume")
+_SIGNAL_BOOLS = ("approved",)
+_OUTCOME_BOOLS = ("hit",)
+_PERFORMANCE_COLUMNS = (
+    "s.signal_id", "s.symbol", "s.action", "s.confidence", "s.approved", "s.generated_at_ms",
+    "s.model_version", "o.horizon_candles", "o.entry_price", "o.exit_price", "o.realized_return",
+    "o.hit", "o.evaluated_at_ms",
+)
+_SIGNAL_SELECT = ", ".join(f"s.{c}" for c in SIGNAL_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------------
+# value conversion (Python <-> row)
+# --------------------------------------------------------------------------------------------------
+
+def db_value(value: Any) -> Any:
+    """A Python/numpy value as a driver parameter: numpy scalars unwrapped, bools as 0/1, NaN and
+    infinities as NULL (MySQL rejects them and SQLite would store NULL anyway)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def json_text(value: Any) -> str | None:
+    """A JSON column's text: strings are taken to be JSON text already (as `signal_record()` builds
+    them) and stored verbatim; anything else is serialized."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def signal_params(record: dict[str, Any]) -> tuple[Any, ...]:
+    """One signal record (dict keyed by SIGNAL_COLUMNS; missing keys are NULL) as a row."""
+    if not record.get("signal_id"):
+        raise ValueError("signal record without signal_id")
+    return tuple(json_text(record.get(c)) if c in SIGNAL_JSON_COLUMNS else db_value(record.get(c))
+                 for c in SIGNAL_COLUMNS)
+
+
+def outcome_params(row: dict[str, Any]) -> tuple[Any, ...]:
+    if not row.get("signal_id"):
+        raise ValueError("outcome row without signal_id")
+    return tuple(db_value(row.get(c)) for c in OUTCOME_COLUMNS)
+
+
+def row_to_dict(columns: Sequence[str], row: Sequence[Any], bools: Sequence[str] = ()) -> dict[str, Any]:
+    """A result row as a dict; `bools` columns (0/1 in both databases) come back as bool."""
+    out = {c.split(".")[-1]: v for c, v in zip(columns, row)}
+    for c in bools:
+        if out.get(c) is not None:
+            out[c] = bool(out[c])
+    return out
+
+
+def candle_params(symbol: str, timeframe: str, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    return [(symbol, timeframe, int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
+             float(r[5])) for r in rows]
+
+
+def news_params(item: NewsItem) -> tuple[Any, ...]:
+    digest = hashlib.sha256(item.headline.encode("utf-8")).hexdigest()
+    return (item.symbol, int(item.published_at), item.source, float(item.score), item.headline, digest)
+
+
+def _in_list(column: str, values: Sequence[Any]) -> str:
+    return f"{column} IN ({', '.join(['?'] * len(values))})"
+
+
+def _where(conditions: list[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------------------------------
+# the shared store
+# --------------------------------------------------------------------------------------------------
+
+class SQLStore(Store):
+    """All Store methods over a DB-API connection. Statements are written with `?` placeholders and
+    translated by the dialect; values are always bound parameters, never formatted into SQL."""
+
+    dialect: Dialect
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # ---- backend hook --------------------------------------------------------------------------
+    @abstractmethod
+    def _run(self, sql: str, params: Any, mode: Mode) -> Any:
+        """Execute one statement: "execute" -> rowcount, "executemany" -> rowcount (params is a
+        list of tuples), "query" -> list of row tuples. Connectivity errors -> StoreUnavailable."""
+
+    def _close_connection(self) -> None:
+        """Release the driver connection (called once by close())."""
+
+    def _q(self, sql: str, params: Sequence[Any] = (), mode: Mode = "query") -> Any:
+        if self._closed:
+            raise StoreError(f"{self.backend} store is closed")
+        if mode == "executemany" and not params:
+            return 0
+        with self._lock:
+            return self._run(self.dialect.sql(sql), tuple(params) if mode != "executemany" else params, mode)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._close_connection()
+
+    # ---- schema --------------------------------------------------------------------------------
+    def migrate(self) -> None:
+        for stmt in self.dialect.create_table(SCHEMA_MIGRATIONS):
+            self._q(stmt, mode="execute")
+        applied = set(self.applied_versions())
+        record = self.dialect.upsert(SCHEMA_MIGRATIONS.name, SCHEMA_MIGRATIONS.column_names, ("version",))
+        for migration in MIGRATIONS:
+            if migration.version in applied:
+                continue
+            for stmt in migration.statements(self.dialect):
+                self._q(stmt, mode="execute")
+            self._q(record, (migration.version, migration.description, now_ms()), "execute")
+
+    def applied_versions(self) -> list[int]:
+        """Schema versions recorded in schema_migrations, ascending."""
+        return [int(r[0]) for r in self._q("SELECT version FROM schema_migrations ORDER BY version")]
+
+    def ping(self) -> None:
+        self._q("SELECT 1")
+
+    # ---- candles -------------------------------------------------------------------------------
+    def upsert_candles(self, symbol: str, timeframe: str, rows: Iterable[Sequence[Any]]) -> int:
+        params = candle_params(symbol, timeframe, rows)
+        sql = self.dialect.upsert(CANDLES.name, CANDLES.column_names, CANDLES.primary_key, _CANDLE_VALUES)
+        self._q(sql, params, "executemany")
+        return len(params)
+
+    def load_candles(self, symbol: str, timeframe: str, limit: int | None = None,
+                     since_ms: int | None = None, until_ms: int | None = None) -> Candles:
+        """Ascending; since_ms and until_ms are both inclusive; `limit` keeps the newest."""
+        conditions, params = ["symbol = ?", "timeframe = ?"], [symbol, timeframe]
+        if since_ms is not None:
+            conditions.append("open_time >= ?")
+            params.append(int(since_ms))
+        if until_ms is not None:
+            conditions.append("open_time <= ?")
+            params.append(int(until_ms))
+        sql = f"SELECT open_time, {', '.join(_CANDLE_VALUES)} FROM candles{_where(conditions)}"
+        if limit is None:
+            rows = self._q(sql + " ORDER BY open_time", params)
+        else:
+            rows = self._q(sql + " ORDER BY open_time DESC LIMIT ?", [*params, int(limit)])[::-1]
+        return Candles.from_rows(symbol, timeframe, rows)
+
+    def list_symbols(self, timeframe: str) -> list[str]:
+        rows = self._q("SELECT DISTINCT symbol FROM candles WHERE timeframe = ? ORDER BY symbol", [timeframe])
+        return [r[0] for r in rows]
+
+    def delete_candles(self, symbol: str, timeframe: str, before_ms: int | None = None,
+                       after_ms: int | None = None) -> int:
+        outside, params = [], [symbol, timeframe]
+        if before_ms is not None:
+            outside.append("open_time < ?")
+            params.append(int(before_ms))
+        if after_ms is not None:
+            outside.append("open_time > ?")
+            params.append(int(after_ms))
+        scope = f" AND ({' OR '.join(outside)})" if outside else ""
+        return self._q(f"DELETE FROM candles WHERE symbol = ? AND timeframe = ?{scope}", params, "execute")
+
+    # ---- news ----------------------------------------------------------------------------------
+    def insert_news(self, items: Iterable[NewsItem]) -> int:
+        """Idempotent on (symbol, published_at, source, headline); returns the number of new rows."""
+        sql = self.dialect.upsert(NEWS_SENTIMENT.name, NEWS_COLUMNS, NEWS_DEDUP.columns)
+        return self._q(sql, [news_params(i) for i in items], "executemany")
+
+    def load_news(self, since_ms: int, symbols: Sequence[str] | None = None) -> list[NewsItem]:
+        conditions, params = ["published_at >= ?"], [int(since_ms)]
+        if symbols is not None:
+            if not symbols:
+                return []
+            conditions.append(_in_list("symbol", symbols))
+            params += list(symbols)
+        rows = self._q("SELECT symbol, published_at, source, score, headline FROM news_sentiment"
+                       f"{_where(conditions)} ORDER BY published_at, id", params)
+        return [NewsItem(r[0], int(r[1]), r[2], float(r[3]), r[4]) for r in rows]
+
+    def delete_news(self, source: str, symbols: Sequence[str] | None = None) -> int:
+        conditions, params = ["source = ?"], [source]
+        if symbols is not None:
+            if not symbols:
+                return 0
+            conditions.append(_in_list("symbol", symbols))
+            params += list(symbols)
+        return self._q(f"DELETE FROM news_sentiment{_where(conditions)}", params, "execute")
+
+    # ---- signals and outcomes -----------------------------------------------------------------
+    def insert_signals(self, records: Sequence[dict[str, Any]]) -> int:
+        sql = self.dialect.upsert(SIGNALS.name, SIGNAL_COLUMNS, SIGNALS.primary_key)
+        return self._q(sql, [signal_params(r) for r in records], "executemany")
+
+    def load_signals(self, symbol: str | None = None, since_ms: int | None = None,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+        """Ascending by generated_at_ms; `limit` keeps the newest. JSON columns come back as the
+        stored text, `approved` as bool."""
+        conditions, params = [], []
+        if symbol is not None:
+            conditions.append("s.symbol = ?")
+            params.append(symbol)
+        if since_ms is not None:
+            conditions.append("s.generated_at_ms >= ?")
+            params.append(int(since_ms))
+        sql = f"SELECT {_SIGNAL_SELECT} FROM signals s{_where(conditions)}"
+        if limit is None:
+            rows = self._q(sql + " ORDER BY s.generated_at_ms, s.signal_id", params)
+        else:
+            rows = self._q(sql + " ORDER BY s.generated_at_ms DESC, s.signal_id DESC LIMIT ?",
+                           [*params, int(limit)])[::-1]
+        return [row_to_dict(SIGNAL_COLUMNS, r, _SIGNAL_BOOLS) for r in rows]
+
+    def count_signals(self) -> int:
+        return int(self._q("SELECT COUNT(*) FROM signals")[0][0])
+
+    def signals_without_outcome(self, generated_before_ms: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Oldest first."""
+        rows = self._q(f"SELECT {_SIGNAL_SELECT} FROM signals s LEFT JOIN signal_outcomes o "
+                       "ON o.signal_id = s.signal_id WHERE o.signal_id IS NULL AND s.generated_at_ms < ? "
+                       "ORDER BY s.generated_at_ms, s.signal_id LIMIT ?", [int(generated_before_ms), int(limit)])
+        return [row_to_dict(SIGNAL_COLUMNS, r, _SIGNAL_BOOLS) for r in rows]
+
+    def insert_outcomes(self, rows: Sequence[dict[str, Any]]) -> int:
+        sql = self.dialect.upsert(SIGNAL_OUTCOMES.name, OUTCOME_COLUMNS, SIGNAL_OUTCOMES.primary_key)
+        return self._q(sql, [outcome_params(r) for r in rows], "executemany")
+
+    def load_performance_rows(self, since_ms: int | None = None) -> list[dict[str, Any]]:
+        """Every signal (generated at or after since_ms), oldest first, LEFT JOINed with its outcome:
+        signal_id, symbol, action, confidence, approved, generated_at_ms, model_version,
+        horizon_candles, entry_price, exit_price, realized_return, hit, evaluated_at_ms. The outcome
+        columns are None for a signal not scored yet."""
+        conditions, params = [], []
+        if since_ms is not None:
+            conditions.append("s.generated_at_ms >= ?")
+            params.append(int(since_ms))
+        rows = self._q(f"SELECT {', '.join(_PERFORMANCE_COLUMNS)} FROM signals s LEFT JOIN signal_outcomes o "
+                       f"ON o.signal_id = s.signal_id{_where(conditions)} "
+                       "ORDER BY s.generated_at_ms, s.signal_id", params)
+        return [row_to_dict(_PERFORMANCE_COLUMNS, r, _SIGNAL_BOOLS + _OUTCOME_BOOLS) for r in rows]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, without credentials: sqlite:///path or mysql://user@host:port/db."""

@@ -1,0 +1,187 @@
+"""MySQL backend against a real MariaDB/MySQL server (see the database fixtures in tests/conftest.py):
+the shared store contract, plus reconnection and unreachable-server behaviour."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from typing import Iterator
+
+import pymysql
+import pytest
+
+from serve_app.settings import StoreSettings
+from serve_app.store import StoreUnavailable, open_store
+from serve_app.store.mysql_store import MySQLStore
+from serve_app.store.schema import DATA_TABLES
+from tests.conftest import mysql_admin_connection
+from tests.store_contract import T0, StoreContract, candle_rows, make_signal
+
+pytestmark = pytest.mark.mysql
+
+
+def mysql_store(settings: StoreSettings, **overrides: object) -> MySQLStore:
+    args = dict(host=settings.mysql_host, port=settings.mysql_port, user=settings.mysql_user,
+                password=settings.mysql_password, database=settings.mysql_database)
+    args.update(overrides)
+    return MySQLStore(**args)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(mysql_settings: StoreSettings) -> Iterator[MySQLStore]:
+    """A migrated store on the session's test database, emptied before each test."""
+    s = open_store(mysql_settings)
+    assert isinstance(s, MySQLStore)
+    admin = mysql_admin_connection(mysql_settings.mysql_database)
+    with admin.cursor() as cur:
+        for table in DATA_TABLES:
+            cur.execute(f"TRUNCATE TABLE {table.name}")
+    admin.close()
+    yield s
+    s.close()
+
+
+class TestMySQLContract(StoreContract):
+    pass
+
+
+def kill_connection(connection_id: int) -> None:
+    """KILL a server connection from a second, independent connection."""
+    admin = mysql_admin_connection()
+    with admin.cursor() as cur:
+        cur.execute("KILL %s", (connection_id,))
+    admin.close()
+    time.sleep(0.1)
+
+
+# ---- reconnection ------------------------------------------------------------------------------------
+
+def test_reconnects_after_the_server_kills_the_connection(store: MySQLStore,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    store.upsert_candles("BTC", "1h", candle_rows(4))
+    before = store.connection_id()
+    kill_connection(before)
+    assert len(store.load_candles("BTC", "1h")) == 4  # retried on a fresh connection
+    assert "reconnecting" in caplog.text
+    assert store.connection_id() != before
+
+
+def test_write_after_kill_is_retried_once_and_stored_once(store: MySQLStore) -> None:
+    kill_connection(store.connection_id())
+    assert store.insert_signals([make_signal("after-kill", T0)]) == 1
+    kill_connection(store.connection_id())
+    assert store.insert_signals([make_signal("after-kill", T0)]) == 0
+    assert store.count_signals() == 1
+
+
+def test_statement_errors_are_not_mistaken_for_connection_loss(store: MySQLStore) -> None:
+    before = store.connection_id()
+    with pytest.raises(pymysql.err.IntegrityError):
+        store.insert_signals([make_signal("bad", T0, symbol=None)])  # NOT NULL
+    assert store.connection_id() == before
+
+
+class TcpProxy:
+    """Forwards a local port to the database so a test can cut the network path for good."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.listener.close()
+        for s in self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def test_lost_connection_that_cannot_be_restored_is_store_unavailable(mysql_settings: StoreSettings) -> None:
+    proxy = TcpProxy((mysql_settings.mysql_host or "", mysql_settings.mysql_port))
+    try:
+        s = mysql_store(mysql_settings, host="127.0.0.1", port=proxy.port)
+        s.ping()
+    finally:
+        proxy.close()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{proxy.port}"):
+        s.count_signals()
+    assert time.monotonic() - started < 10
+    s.close()
+
+
+# ---- connecting ----------------------------------------------------------------------------------------
+
+def test_unreachable_server_is_store_unavailable_quickly(mysql_settings: StoreSettings) -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="127.0.0.1:1"):
+        mysql_store(mysql_settings, host="127.0.0.1", port=1)
+    with pytest.raises(StoreUnavailable, match="127.0.0.1:1"):
+        open_store(StoreSettings.from_env({"MYSQL_HOST": "127.0.0.1", "MYSQL_PORT": "1"}))
+    assert time.monotonic() - started < 5
+
+
+def test_creates_a_missing_database(mysql_settings: StoreSettings) -> None:
+    name = f"signalgen_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with mysql_store(mysql_settings, database=name) as s:
+            s.migrate()
+            s.upsert_candles("BTC", "1h", candle_rows(2))
+            assert s.describe().endswith(f":{mysql_settings.mysql_port}/{name}")
+        with mysql_store(mysql_settings, database=name, create_database=False) as again:
+            assert len(again.load_candles("BTC", "1h")) == 2
+    finally:
+        admin = mysql_admin_connection()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+def test_missing_database_without_create_is_store_unavailable(mysql_settings: StoreSettings) -> None:
+    with pytest.raises(StoreUnavailable, match="signalgen_test_does_not_exist"):
+        mysql_store(mysql_settings, database="signalgen_test_does_not_exist", create_database=False)
+
+
+@pytest.mark.parametrize("name", ["bad`name", "x; DROP DATABASE mysql", "", "a" * 65, "dash-name"])
+def test_database_name_is_validated_before_connecting(mysql_settings: StoreSettings, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid MySQL database name"):
+        mysql_store(mysql_settings, database=name)
+
+
+def test_tables_use_utf8mb4(store: MySQLStore, mysql_settings: StoreSettings) -> None:
+    admin = mysql_admin_connection()
+    with admin.cursor() as cur:
+        cur.execute("SELECT TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+                    (mysql_settings.mysql_database,))
+        collations = dict(cur.fetchall())
+    admin.close()
+    assert set(collations) >= {t.name for t in DATA_TABLES} | {"schema_migrations"}
+    assert all(c.startswith("utf8mb4") for c in collations.values())

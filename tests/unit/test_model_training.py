@@ -1,0 +1,316 @@
+"""Training pipeline + model loading + registry, on a small SQLite store seeded with the sample data."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import registry
+from models import train as train_mod
+from models.train import time_split, train
+from serve_app.core.features import FEATURE_NAMES, WARMUP, compute_features
+from serve_app.core.labels import CLASSES
+from serve_app.core.model import ModelLoadError, SignalModel, calibrate
+from serve_app.settings import StoreSettings
+from serve_app.store import open_store
+from serve_app.store.sample_data import seed_store
+
+SYMBOLS = ["BTC", "ETH", "SOL"]
+HORIZON = 4
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("db") / "candles.sqlite"
+
+
+@pytest.fixture(scope="module")
+def store(db_path):
+    s = open_store(StoreSettings.from_env({"SIGNAL_DB_PATH": str(db_path)}))
+    s.migrate()
+    seed_store(s, symbols=SYMBOLS, n=1200)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def trained(store, model_root) -> Path:
+    return train(store, symbols=SYMBOLS, timeframe="1h", horizon=HORIZON, n_estimators=25,
+                 early_stopping_rounds=10, root=model_root, progress=False)
+
+
+@pytest.fixture
+def version_copy(trained, tmp_path) -> Path:
+    """A private copy of the trained version to tamper with."""
+    dst = tmp_path / trained.name
+    shutil.copytree(trained, dst)
+    return dst
+
+
+# --- the trained artifact ---------------------------------------------------------------------------
+def test_artifact_layout_and_metadata(trained, model_root):
+    assert trained.parent == model_root
+    for f in ("model.ubj", "metadata.json", "report.json", "report.txt"):
+        assert (trained / f).is_file(), f
+    m = json.loads((trained / "metadata.json").read_text())
+    assert m["version"] == trained.name
+    assert m["feature_names"] == list(FEATURE_NAMES)
+    assert m["classes"] == list(CLASSES)
+    assert m["label"] == {"horizon": HORIZON, "k": 0.5, "vol_period": 48}
+    assert m["timeframe"] == "1h" and m["symbols"] == SYMBOLS
+    assert m["temperature"] > 0
+    assert m["n_train"] > m["n_test"] > 0 and m["n_val"] > 0
+    for key in ("accuracy", "log_loss", "per_class"):
+        assert key in m["metrics"]
+    assert set(m["baselines"]) == {"majority", "momentum"}
+    assert 0.0 <= m["baselines"]["momentum"]["accuracy"] <= 1.0
+    assert set(m["training_window"]) == set(m["test_window"]) == set(SYMBOLS)
+    assert "accuracy" in (trained / "report.txt").read_text()
+    assert json.loads((trained / "report.json").read_text())["version"] == trained.name
+
+
+def test_time_split_windows_in_metadata(trained):
+    """Per symbol: train < val < test in time, with at least `purge` (>= horizon) candles between."""
+    m = json.loads((trained / "metadata.json").read_text())
+    purge = m["split"]["purge_candles"]
+    assert purge >= HORIZON
+    for sym in SYMBOLS:
+        tr, va, te = m["training_window"][sym], m["validation_window"][sym], m["test_window"][sym]
+        assert tr[0] <= tr[1] < va[0] <= va[1] < te[0] <= te[1]
+        assert va[0] - tr[1] > purge * HOUR_MS
+        assert te[0] - va[1] > purge * HOUR_MS
+
+
+def test_load_and_predict(trained, store):
+    model = SignalModel.load(trained)
+    assert model.version == trained.name
+    assert model.classes == CLASSES
+    assert model.metadata["feature_names"] == list(FEATURE_NAMES)
+    c = store.load_candles("BTC", "1h")
+    X = compute_features(c.open, c.high, c.low, c.close, c.volume)[WARMUP:]
+    p = model.predict_proba(X)
+    assert p.shape == (X.shape[0], 3)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-9)
+    assert (p >= 0).all()
+    # a single vector, an empty batch, a wrong width
+    assert model.predict_proba(X[0]).shape == (1, 3)
+    assert model.predict_proba(np.empty((0, len(FEATURE_NAMES)))).shape == (0, 3)
+    with pytest.raises(ValueError):
+        model.predict_proba(np.zeros((2, 5)))
+
+
+def test_one_inplace_predict_per_batch_and_temperature(trained):
+    model = SignalModel.load(trained)
+    calls = []
+    real = model.booster.inplace_predict
+
+    def spy(X, *a, **kw):
+        calls.append(np.shape(X))
+        return real(X, *a, **kw)
+
+    model.booster.inplace_predict = spy
+    X = np.random.default_rng(0).normal(0, 0.01, (64, len(FEATURE_NAMES)))
+    p = model.predict_proba(X)
+    assert calls == [(64, len(FEATURE_NAMES))]
+    np.testing.assert_allclose(p, calibrate(np.asarray(real(X), dtype=np.float64), model.temperature), rtol=1e-12)
+    # temperature > 1 flattens, < 1 sharpens; T = 1 is the identity
+    raw = real(X)
+    np.testing.assert_allclose(calibrate(raw, 1.0), raw / raw.sum(1, keepdims=True), rtol=1e-6)
+    assert calibrate(raw, 3.0).max() <= calibrate(raw, 1.0).max() + 1e-12
+
+
+def test_tampered_feature_names_rejected(version_copy):
+    meta_path = version_copy / "metadata.json"
+    m = json.loads(meta_path.read_text())
+    m["feature_names"] = m["feature_names"][:-1] + ["mystery_feature"]
+    meta_path.write_text(json.dumps(m))
+    with pytest.raises(ModelLoadError) as ei:
+        SignalModel.load(version_copy)
+    msg = str(ei.value)
+    assert str(meta_path) in msg and "mystery_feature" in msg and FEATURE_NAMES[-1] in msg
+
+
+def test_reordered_feature_names_rejected(version_copy):
+    meta_path = version_copy / "metadata.json"
+    m = json.loads(meta_path.read_text())
+    m["feature_names"][0], m["feature_names"][1] = m["feature_names"][1], m["feature_names"][0]
+    meta_path.write_text(json.dumps(m))
+    with pytest.raises(ModelLoadError, match="order"):
+        SignalModel.load(version_copy)
+
+
+@pytest.mark.parametrize("keep_checksum", [True, False])
+def test_corrupt_model_file_rejected(version_copy, keep_checksum):
+    model_path = version_copy / "model.ubj"
+    model_path.write_bytes(b"\x00garbage, not a model" * 10)
+    if not keep_checksum:  # no checksum to catch it: xgboost itself must fail, and we name the file
+        meta_path = version_copy / "metadata.json"
+        m = json.loads(meta_path.read_text())
+        del m["model_sha256"]
+        meta_path.write_text(json.dumps(m))
+    with pytest.raises(ModelLoadError) as ei:
+        SignalModel.load(version_copy)
+    assert str(model_path) in str(ei.value)
+
+
+def test_missing_or_corrupt_metadata_rejected(version_copy, tmp_path):
+    (version_copy / "model.ubj").unlink()
+    with pytest.raises(ModelLoadError, match="model.ubj"):
+        SignalModel.load(version_copy)
+    (version_copy / "metadata.json").write_text("{not json")
+    with pytest.raises(ModelLoadError) as ei:
+        SignalModel.load(version_copy)
+    assert str(version_copy / "metadata.json") in str(ei.value)
+    with pytest.raises(ModelLoadError, match="metadata.json"):
+        SignalModel.load(tmp_path / "nowhere")
+
+
+# --- time split -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("purge", [4, 10, 48])
+def test_time_split_no_overlap_and_purge(purge):
+    valid = np.arange(WARMUP, 2160 - HORIZON)
+    s = time_split(valid, test_fraction=0.2, val_fraction=0.15, purge=purge)
+    for part in (s.train, s.val, s.test):
+        assert part.size > 0 and (np.diff(part) > 0).all()  # ordered, never shuffled
+    assert s.train.max() + purge < s.val.min()
+    assert s.val.max() + purge < s.test.min()
+    assert s.test.max() == valid.max()  # test is the most recent data
+    assert len(set(s.train) | set(s.val) | set(s.test)) == s.train.size + s.val.size + s.test.size
+    # the purged rows are exactly the gaps
+    assert s.train.size + s.val.size + s.test.size == valid.size - 2 * purge
+    assert abs(s.test.size - 0.2 * valid.size) <= 1
+
+
+def test_purge_must_cover_horizon(store, tmp_path):
+    with pytest.raises(ValueError, match="purge"):
+        train(store, symbols=["BTC"], horizon=8, purge=4, n_estimators=2, root=tmp_path)
+
+
+# --- registry ---------------------------------------------------------------------------------------
+def test_registry_current_resolve_list(trained, model_root):
+    assert registry.current_version(model_root) == trained.name
+    assert registry.resolve(None, model_root) == trained
+    assert registry.resolve("current", model_root) == trained
+    assert registry.resolve(trained.name, model_root) == trained
+    listed = registry.list_versions(model_root)
+    item = next(v for v in listed if v["version"] == trained.name)
+    assert item["current"] is True and item["symbols"] == SYMBOLS and item["accuracy"] is not None
+    with pytest.raises(FileNotFoundError, match="v19990101-000000-deadbeef"):
+        registry.resolve("v19990101-000000-deadbeef", model_root)
+
+
+def test_registry_versions_sort_and_switch(trained, tmp_path):
+    root = tmp_path / "reg"
+    with pytest.raises(FileNotFoundError) as ei:
+        registry.resolve(None, root)
+    assert str(root / "CURRENT") in str(ei.value)
+    assert registry.current_version(root) is None and registry.list_versions(root) == []
+    booster = SignalModel.load(trained).booster
+    meta = json.loads((trained / "metadata.json").read_text())
+    for k in ("version", "created_at", "model_sha256", "model_file"):
+        meta.pop(k)
+    v1 = registry.save_version(booster, meta, root=root)
+    v2 = registry.save_version(booster, meta, root=root)  # same content, same second: still unique
+    assert v1 != v2 and v1.name.startswith("v") and v1.name < v2.name
+    assert [v["version"] for v in registry.list_versions(root)] == [v1.name, v2.name]
+    assert registry.current_version(root) is None  # saving does not switch
+    registry.set_current(v1.name, root)
+    assert registry.resolve(None, root) == v1
+    assert registry.resolve("latest", root) == v2
+    registry.set_current(v2.name, root)
+    assert registry.resolve("current", root) == v2
+    with pytest.raises(FileNotFoundError):
+        registry.set_current("v00000000-000000-00000000", root)
+    with pytest.raises(ValueError):
+        registry.resolve("../etc", root)
+    assert SignalModel.load(v1).version == v1.name  # a registry round trip loads
+
+
+def test_no_set_current(store, tmp_path, trained):
+    root = tmp_path / "reg"
+    v = train(store, symbols=["ETH"], n_estimators=3, early_stopping_rounds=2, root=root, set_current=False)
+    assert registry.current_version(root) is None
+    assert [x["version"] for x in registry.list_versions(root)] == [v.name]
+
+
+def test_cli_if_missing_skips_when_current_exists(trained, model_root, capsys):
+    assert train_mod.main(["--if-missing", "--model-dir", str(model_root), "--quiet"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert [v["version"] for v in registry.list_versions(model_root)] == [trained.name]
+
+
+def test_cli_trains_from_configured_store(store, db_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SIGNAL_DB_PATH", str(db_path))
+    monkeypatch.delenv("MYSQL_HOST", raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "cli"))
+    rc = train_mod.main(["--symbols", "BTC,SOL", "--n-estimators", "5", "--quiet", "--if-missing"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "momentum" in out
+    v = registry.resolve(None, tmp_path / "cli")
+    assert json.loads((v / "metadata.json").read_text())["symbols"] == ["BTC", "SOL"]
+
+
+# --- the pipeline learns a planted signal and finds none in noise (a look-ahead / leakage guard) ------
+class _ArrayStore:
+    backend = "memory"
+
+    def __init__(self, candles):
+        self._c = {c.symbol: c for c in candles}
+
+    def list_symbols(self, timeframe):
+        return sorted(self._c)
+
+    def load_candles(self, symbol, timeframe, **kw):
+        return self._c[symbol]
+
+
+def _synthetic(symbol: str, seed: int, drift: float, n: int = 1500):
+    """Hourly random walk; with drift > 0 the drift flips sign in persistent regimes (~25 candles)."""
+    from serve_app.store.base import Candles
+
+    rng = np.random.default_rng(seed)
+    state = np.cumsum(rng.random(n) < 0.04) % 2 * 2 - 1
+    r = rng.normal(0, 0.01, n) + drift * state
+    c = 100 * np.exp(np.cumsum(r))
+    o = np.r_[100.0, c[:-1]]
+    h = np.maximum(o, c) * (1 + np.abs(rng.normal(0, 0.003, n)))
+    lo = np.minimum(o, c) * (1 - np.abs(rng.normal(0, 0.003, n)))
+    t = 1_700_000_000_000 + HOUR_MS * np.arange(n, dtype=np.int64)
+    return Candles(symbol, "1h", t, o, h, lo, c, rng.lognormal(5, 0.5, n))
+
+
+@pytest.mark.parametrize("drift", [0.0, 0.004])
+def test_learns_planted_signal_not_noise(drift, tmp_path):
+    s = _ArrayStore([_synthetic(f"S{i}", i, drift) for i in range(3)])
+    v = train(s, n_estimators=60, early_stopping_rounds=15, root=tmp_path)
+    m = json.loads((v / "metadata.json").read_text())
+    acc, majority = m["metrics"]["accuracy"], m["baselines"]["majority"]["accuracy"]
+    if drift:  # persistent regimes are visible in the trailing-return features
+        assert acc > majority + 0.1, (acc, majority)
+    else:  # a pure random walk: out-of-sample skill would mean leakage
+        assert acc < majority + 0.05, (acc, majority)
+        assert m["metrics"]["log_loss"] > 1.05
+
+
+def test_same_model_twice_gets_distinct_versions(tmp_path):
+    s = _ArrayStore([_synthetic("S0", 0, 0.004, n=800)])
+    a = train(s, n_estimators=3, early_stopping_rounds=2, root=tmp_path)
+    b = train(s, n_estimators=3, early_stopping_rounds=2, root=tmp_path)
+    assert a != b and registry.current_version(tmp_path) == b.name
+    assert json.loads((b / "metadata.json").read_text())["version"] == b.name
+
+
+def test_registry_files_are_world_readable(trained, model_root):
+    # temp files/dirs are created private (0600/0700); the registry must publish them readable
+    assert (trained.stat().st_mode & 0o755) == 0o755
+    assert ((model_root / "CURRENT").stat().st_mode & 0o644) == 0o644
