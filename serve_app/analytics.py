@@ -52,16 +52,16 @@ class Analytics(StageBase):
 
     def flush(self) -> int:
         with self._store_lock:
+            t0 = time.perf_counter()
             try:
-                t0 = time.perf_counter()
                 n = self.buffer.flush(lambda batch: self._get_store().insert_signals(batch))
                 if n:
-                    self.metrics.observe("signalgen_db_query_seconds", time.perf_counter() - t0, op="insert_signals")
+                    self.record_query("insert_signals", time.perf_counter() - t0)
                     self.metrics.inc("signalgen_signals_persisted_total", n)
                 self.store_error = None
             except StoreError as e:
                 self.store_error = f"{type(e).__name__}: {e}"
-                self.metrics.inc("signalgen_db_errors_total", op="insert_signals")
+                self.record_query("insert_signals", time.perf_counter() - t0, failed=True)
                 n = 0
             self.metrics.set("signalgen_write_buffer_size", len(self.buffer))
             return n

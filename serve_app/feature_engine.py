@@ -54,7 +54,8 @@ class FeatureEngine(StageBase):
                  symbols: list[str] | None = None):
         self._init_stage()
         self.max_data_age_s = max_data_age_s
-        self.cache = CandleCache(open_store, timeframe, window=max(SERVING_WINDOW, WARMUP + 1), symbols=symbols)
+        self.cache = CandleCache(open_store, timeframe, window=max(SERVING_WINDOW, WARMUP + 1), symbols=symbols,
+                                 on_query=self.record_query)
         self.cache.refresh()
         self._stop = self.cache.start_background(refresh_interval_s)
 

@@ -25,7 +25,7 @@ class MarketContext(StageBase):
                  history: int = 1000):
         self._init_stage()
         self.cfg = MarketConfig.model_validate(config or {})
-        self.cache = CandleCache(open_store, timeframe, window=history)
+        self.cache = CandleCache(open_store, timeframe, window=history, on_query=self.record_query)
         self.snapshot: MarketSnapshot | None = None
         self.news_error: str | None = None
         self._lock = threading.Lock()
@@ -42,12 +42,15 @@ class MarketContext(StageBase):
         self.cache.refresh()
         now_ms = int(time.time() * 1000)
         since = now_ms - int(self.cfg.news_lookback_hours * 3_600_000) - 86_400_000
+        t0 = time.perf_counter()
         try:
             with self.cache.lock:
                 news = self.cache.store.load_news(since)
             self.news_error = None
+            self.record_query("load_news", time.perf_counter() - t0)
         except StoreError as e:
             self.news_error = f"{type(e).__name__}: {e}"
+            self.record_query("load_news", time.perf_counter() - t0, failed=True)
             if self.snapshot is not None:
                 return  # keep serving the last snapshot
             news = []

@@ -30,6 +30,12 @@ class StageBase:
             self.metrics.observe("signalgen_stage_latency_seconds", time.perf_counter() - t0,
                                  stage=stage or self.stage)
 
+    def record_query(self, op: str, seconds: float, failed: bool = False) -> None:
+        """Database latency and errors, for every stage that talks to the store."""
+        self.metrics.observe("signalgen_db_query_seconds", seconds, op=op)
+        if failed:
+            self.metrics.inc("signalgen_db_errors_total", op=op)
+
     def metrics_families(self) -> list[Any]:
         return self.metrics.families()
 

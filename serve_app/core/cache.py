@@ -35,8 +35,11 @@ class CandleCache:
     recorded in `last_error` and the cache keeps serving what it has."""
 
     def __init__(self, store_factory: Callable[[], Store], timeframe: str, window: int,
-                 symbols: list[str] | None = None):
+                 symbols: list[str] | None = None,
+                 on_query: Callable[[str, float, bool], None] | None = None):
+        """on_query(op, seconds, failed) is told about every refresh (for the DB latency/error metrics)."""
         self._store_factory = store_factory
+        self._on_query = on_query
         self._store: Store | None = None
         self.timeframe = timeframe
         self.window = window
@@ -54,6 +57,7 @@ class CandleCache:
         return self._store
 
     def refresh(self) -> bool:
+        t0 = time.perf_counter()
         with self.lock:
             try:
                 symbols = self.store.list_symbols(self.timeframe)
@@ -69,11 +73,14 @@ class CandleCache:
                 self.last_refresh_ok = time.time()
                 self.last_error = None
                 self.refreshes += 1
-                return True
+                ok = True
             except StoreError as e:
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("candle cache refresh failed: %s", self.last_error)
-                return False
+                ok = False
+        if self._on_query is not None:
+            self._on_query("refresh_candles", time.perf_counter() - t0, not ok)
+        return ok
 
     def age_s(self) -> float | None:
         return None if self.last_refresh_ok is None else time.time() - self.last_refresh_ok

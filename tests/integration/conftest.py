@@ -12,6 +12,10 @@ import pytest
 from tests.ray_helpers import deploy, free_port, serve_config_for_test
 
 
+# A second copy of the application, under /nodb, whose store is a MySQL server that refuses connections.
+STORE_DOWN_APP = {"nodb": {"MYSQL_HOST": "127.0.0.1", "MYSQL_PORT": "1"}}
+
+
 @pytest.fixture(scope="session")
 def sample_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A seeded SQLite store and a trained default model in a temp dir, as the replicas' environment."""
@@ -53,7 +57,8 @@ def ray_dashboard() -> Iterator[str]:
 def signal_app(ray_dashboard: str, sample_env: dict[str, str]) -> Iterator[dict]:
     """The whole seven-deployment application from configs/serve_config.yaml, serving over HTTP."""
     http_port = free_port()
-    config = serve_config_for_test(http_port, sample_env, overrides={"refresh_interval_s": 2})
+    config = serve_config_for_test(http_port, sample_env, overrides={"refresh_interval_s": 2},
+                                   extra_apps=STORE_DOWN_APP)
     status = deploy(ray_dashboard, config)
     base = f"http://127.0.0.1:{http_port}"
     with httpx.Client(base_url=base, timeout=30) as client:

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.schemas import SignalResponse
+from tests.integration.conftest import STORE_DOWN_APP
 from tests.ray_helpers import deploy, serve_config_for_test
 
 pytestmark = pytest.mark.integration
@@ -162,6 +163,22 @@ def test_every_signal_is_persisted(signal_app):
     assert perf.status_code == 200 and perf.json()["overall"]["signals"] >= 5
 
 
+def test_store_unreachable_is_503_with_a_clear_message(signal_app):
+    """The /nodb copy of the app runs against a MySQL server that refuses connections: it starts, says so
+    in /health, and answers signals with 503 naming the problem."""
+    status = signal_app["status"]["applications"]["nodb"]
+    assert status["status"] == "RUNNING"
+    r = signal_app["client"].post("/nodb/generate_signal", json={"symbol": "SOL", "price": 100.0})
+    assert r.status_code == 503, r.text
+    assert "unreachable" in r.json()["detail"] and "127.0.0.1:1" in r.json()["detail"]
+    h = signal_app["client"].get("/nodb/health")
+    assert h.status_code == 503
+    body = h.json()
+    assert body["status"] == "unavailable" and body["stages"]["features"]["store_reachable"] is False
+    assert any("features" in reason for reason in body["reasons"])
+    assert signal_app["client"].post("/nodb/generate_signal", json={"symbol": "SOL"}).status_code == 422
+
+
 def test_new_model_version_loads_through_user_config(signal_app):
     """Train a second model, point the ML engine's user_config at it, redeploy: no restart, new version."""
     from models.train import train
@@ -174,7 +191,8 @@ def test_new_model_version_loads_through_user_config(signal_app):
     store.close()
     old = signal_app["client"].post("/generate_signal", json={"symbol": "SOL", "price": 100.0}).json()
     assert old["model_version"] != new_dir.name
-    config = serve_config_for_test(int(signal_app["url"].rsplit(":", 1)[1]), env, overrides={"refresh_interval_s": 2})
+    config = serve_config_for_test(int(signal_app["url"].rsplit(":", 1)[1]), env, overrides={"refresh_interval_s": 2},
+                                   extra_apps=STORE_DOWN_APP)
     ml = next(d for d in config["applications"][0]["deployments"] if d["name"] == "MLEngine")
     ml["user_config"]["model_version"] = new_dir.name
     deploy(signal_app["dashboard"], config)
