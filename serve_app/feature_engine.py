@@ -8,9 +8,12 @@ import numpy as np
 from ray import serve
 
 from serve_app.core.cache import CandleCache
-from serve_app.core.features import SERVING_WINDOW, WARMUP, atr, serving_features
+from serve_app.core.features import ATR_PERIOD, FEATURE_NAMES, SERVING_WINDOW, WARMUP, serving_features
 from serve_app.stage import StageBase
 from serve_app.store import open_store
+
+# ATR as a share of the live price is one of the features: stops and sizing use the same number
+ATR_PCT = FEATURE_NAMES.index(f"atr_pct_{ATR_PERIOD}")
 
 
 def feature_result(cache: CandleCache, symbol: str, price: float) -> dict[str, Any]:
@@ -24,23 +27,20 @@ def feature_result(cache: CandleCache, symbol: str, price: float) -> dict[str, A
     if len(candles) < WARMUP + 1:
         return {"ok": False, "error": "insufficient_history",
                 "message": f"{symbol} has {len(candles)} candles, {WARMUP + 1} needed"}
-    window = candles.tail(SERVING_WINDOW)
-    vec = serving_features(window, price)
-    high = window.high.copy()
-    low = window.low.copy()
-    close = window.close.copy()
-    close[-1] = price
-    high[-1] = max(high[-1], price)
-    low[-1] = min(low[-1], price)
-    a = float(atr(high, low, close)[-1])
+    vec = serving_features(candles, price)
+    if not np.all(np.isfinite(vec)):
+        bad = [FEATURE_NAMES[i] for i in np.flatnonzero(~np.isfinite(vec))]
+        return {"ok": False, "error": "insufficient_history",
+                "message": f"{symbol}: features not computable from the cached candles ({', '.join(bad[:5])})"}
+    atr_pct = float(vec[ATR_PCT])
     return {
-        "ok": bool(np.all(np.isfinite(vec))),
-        "error": None if np.all(np.isfinite(vec)) else "insufficient_history",
+        "ok": True,
+        "error": None,
         "features": vec.tolist(),
         "last_close": float(candles.close[-1]),
         "last_open_time_ms": int(candles.open_time[-1]),
-        "atr": a,
-        "atr_pct": a / price,
+        "atr": atr_pct * price,
+        "atr_pct": atr_pct,
         "candles_cached": len(candles),
         "cache_age_s": cache.age_s(),
     }

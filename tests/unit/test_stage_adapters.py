@@ -1,0 +1,105 @@
+"""The ray-free functions the deployments call: feature results from the candle cache, the cache's
+incremental refresh, portfolio/risk batch adapters and the response builder."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve_app.core.cache import CandleCache
+from serve_app.core.features import FEATURE_NAMES, WARMUP, compute_features
+from serve_app.core.trading import ExposureBook, PortfolioConfig, RiskConfig, TradeConfig
+from serve_app.feature_engine import feature_result
+from serve_app.orchestrator import build_response
+from serve_app.portfolio import size_batch
+from serve_app.risk import assess_batch
+from serve_app.store import StoreUnavailable
+from serve_app.store.sample_data import sample_candles
+from serve_app.store.sqlite_store import SQLiteStore
+
+H = 3_600_000
+END = 1_800_000_000_000 // H * H
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = SQLiteStore(tmp_path / "t.sqlite")
+    s.migrate()
+    for sym in ("BTC", "SOL"):
+        c = sample_candles(sym, n=400, end_ms=END)
+        s.upsert_candles(sym, "1h", c.to_rows())
+    s.upsert_candles("NEW", "1h", sample_candles("ETH", n=50, end_ms=END).to_rows())
+    yield s
+    s.close()
+
+
+def test_feature_result_matches_training_row_and_carries_atr(store):
+    cache = CandleCache(lambda: store, "1h", window=300)
+    assert cache.refresh()
+    candles = store.load_candles("SOL", "1h")
+    res = feature_result(cache, "SOL", float(candles.close[-1]))
+    assert res["ok"] and res["last_close"] == candles.close[-1]
+    row = compute_features(candles.open, candles.high, candles.low, candles.close, candles.volume)[-1]
+    np.testing.assert_allclose(res["features"], row, rtol=1e-9)
+    assert res["atr_pct"] == pytest.approx(row[FEATURE_NAMES.index("atr_pct_14")])
+    assert res["atr"] == pytest.approx(res["atr_pct"] * candles.close[-1])
+    assert res["last_open_time_ms"] == END
+
+
+def test_feature_result_errors(store, tmp_path):
+    cache = CandleCache(lambda: store, "1h", window=300)
+    cache.refresh()
+    assert feature_result(cache, "XRP", 1.0)["error"] == "unknown_symbol"
+    short = feature_result(cache, "NEW", 1.0)
+    assert short["error"] == "insufficient_history" and str(WARMUP + 1) in short["message"]
+
+    def down():
+        raise StoreUnavailable("cannot reach mysql at db:3306")
+
+    empty = CandleCache(down, "1h", window=300)
+    assert not empty.refresh()
+    res = feature_result(empty, "SOL", 100.0)
+    assert res["error"] == "store_unavailable" and "db:3306" in res["message"]
+
+
+def test_cache_refresh_is_incremental_and_updates_the_current_bar(store):
+    calls = []
+    cache = CandleCache(lambda: store, "1h", window=300, on_query=lambda op, s, failed: calls.append((op, failed)))
+    cache.refresh()
+    assert len(cache.data["SOL"]) == 300 and calls == [("refresh_candles", False)]
+    # the current bar changes and a new one arrives
+    last = cache.data["SOL"].open_time[-1]
+    store.upsert_candles("SOL", "1h", [(int(last), 1, 2, 0.5, 1.5, 10), (int(last) + H, 1.5, 2, 1, 1.8, 11)])
+    cache.refresh()
+    sol = cache.data["SOL"]
+    assert len(sol) == 300 and sol.open_time[-1] == last + H and sol.close[-1] == 1.8 and sol.close[-2] == 1.5
+    assert np.all(np.diff(sol.open_time) == H)
+
+
+def _pipeline_item(action="BUY", probs=(0.1, 0.2, 0.7)):
+    return {"ok": True, "symbol": "SOL", "price": 100.0, "asof_ms": END + 600_000, "equity": None,
+            "last_close": 100.2, "last_open_time_ms": END, "atr": 1.5, "atr_pct": 0.015, "candles_cached": 300,
+            "cache_age_s": 1.0, "action": action, "confidence": max(probs), "model_version": "v1",
+            "probabilities": dict(zip(("down", "flat", "up"), probs))}
+
+
+def test_portfolio_risk_and_response_end_to_end():
+    ctx = {"ok": True, "sentiment": 0.1, "market_sentiment": 0.0, "momentum": 0.01, "breadth": 0.5,
+           "regime": "trending", "news_count": 2}
+    items = size_batch([_pipeline_item(), _pipeline_item("HOLD", (0.2, 0.6, 0.2)), {"ok": False, "error": "x"}],
+                       [ctx, ctx, ctx], TradeConfig(), PortfolioConfig(equity=50_000))
+    assert items[0]["equity"] == 50_000 and items[0]["notional"] > 0 and items[1]["notional"] == 0
+    items = assess_batch(items, TradeConfig(), RiskConfig(), ExposureBook(3600))
+    assert "risk" not in items[2]  # failed items pass through untouched
+    buy = build_response(items[0], "1h", END + 601_000)
+    assert buy["action"] == "BUY" and buy["risk"]["approved"]
+    assert buy["risk"]["stop_loss"] == pytest.approx(97.0) and buy["risk"]["take_profit"] == pytest.approx(104.5)
+    assert buy["position"]["notional"] == pytest.approx(items[0]["notional"])
+    assert buy["market_context"] == {k: v for k, v in ctx.items() if k != "ok"}
+    hold = build_response(items[1], "1h", END + 601_000)
+    assert hold["position"]["size"] == 0 and hold["risk"]["stop_loss"] is None
+
+
+def test_market_failure_marks_item_failed():
+    items = size_batch([_pipeline_item()], [{"ok": False, "error": "store_unavailable", "message": "down"}],
+                       TradeConfig(), PortfolioConfig())
+    assert items[0]["ok"] is False and items[0]["error"] == "store_unavailable"
