@@ -42,7 +42,7 @@ def ray_dashboard() -> Iterator[str]:
     from ray import serve
 
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              configure_logging=False, log_to_driver=False)
     try:
         yield f"http://127.0.0.1:{port}"
