@@ -1,24 +1,37 @@
 """SYNTHETIC sample data — generated, NOT real market data or real news.
 
 It exists so that a fresh clone can train a model and serve signals without any download. Prices
-are a simulated random walk, and headlines are made-up text tagged `source = "synthetic-sample"`
+are a simulated process (below), and headlines are made-up text tagged `source = "synthetic-sample"`
 (`SAMPLE_SOURCE`) and prefixed "[SYNTHETIC SAMPLE NEWS]". Real data comes in through the
 import/ingest commands.
 
 The simulation is deterministic: every random stream is a numpy `default_rng` seeded from a SHA-256
 of the symbol and stream name (never Python's salted `hash()`), so the values are identical run to
-run; only the timestamps move with `end_ms`. It has enough structure for a model to learn a little:
+run; only the timestamps move with `end_ms`. It plants modest, learnable structure, so that the demo
+model has something real to find out of sample (and the features something to pick up):
 
 * a common market factor (BTC loads on it with beta 1 and little idiosyncratic noise, so the other
-  symbols are correlated with BTC), plus a per-symbol idiosyncratic factor;
-* both factors switch between calm / bull / bear regimes (Markov chain) that set drift and
-  volatility;
-* AR(1) shocks give mild return autocorrelation (momentum);
+  symbols are correlated with BTC), plus a per-symbol idiosyncratic factor; both switch between
+  calm / bull / bear regimes (Markov chain) that set a small drift and the volatility level;
+* volatility clustering: each factor's log-volatility follows an exponentially weighted sum of its
+  recent |shock| surprises (half-life 10 candles);
+* momentum: a symbol's standardized move keeps pushing its price the same way for tens of candles
+  (the push builds up over ~3 candles and decays with a half-life of 6; a slow negative tail makes
+  the kernel sum to zero, so trends fade instead of compounding) - visible in multi-horizon returns,
+  MACD and the distance from moving averages;
+* overshoot: 2.7 times the part of a move beyond 1.5 sigma is given back over the next few candles
+  (half-life 1.5), which outweighs the momentum: very large moves partly snap back (RSI, Bollinger
+  %B) while moderate ones continue;
+* flow events (~2 % of a symbol's hourly candles): a volume spike (3-7x) with a one-sigma push, then
+  drift the same way (half-life 6 candles) - a volume spike on a moderate move precedes
+  continuation;
 * intrabar wicks scale with volatility (low <= min(open, close) <= max(open, close) <= high);
-* volume rises with |return|.
+* volume rises with |return| / volatility and spikes on flow events.
 
-Series are generated newest-first and the path is scaled so that the last close equals
-`SAMPLE_SYMBOLS[symbol]` exactly; as a consequence the newest candles do not depend on `n` (a
+Drifts are in units of the candle's volatility, and every drift and volatility term depends only on
+the shocks of a finite window (`_MEMORY` candles) before the candle. Series are generated
+newest-first (every random stream is indexed by age) and the path is scaled so that the last close
+equals `SAMPLE_SYMBOLS[symbol]` exactly; as a consequence the newest candles do not depend on `n` (a
 longer sample only extends further into the past), which keeps the news scores consistent with
 whatever number of candles was seeded.
 """
@@ -33,7 +46,6 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from scipy.signal import lfilter
 
 from serve_app.store.base import Candles, NewsItem, Store
 
@@ -69,14 +81,21 @@ _PROFILES: dict[str, _Profile] = {
 }
 assert set(_PROFILES) == set(SAMPLE_SYMBOLS)
 
-# Regimes (calm, bull, bear) as (hourly drift, volatility multiplier); the chain stays put with
-# probability _REGIME_STAY per hour (mean regime length ~67 h).
-_MARKET_REGIMES = np.array([[0.0, 0.6], [0.0005, 1.0], [-0.0006, 1.5]])
-_IDIO_REGIMES = np.array([[0.0, 0.8], [0.0003, 1.0], [-0.0003, 1.2]])
+# The return process (see the module doc). Drifts are in units of the candle's volatility and kernels
+# are in candles, so every symbol (and timeframe) gets the same structure at its own scale.
+# Regimes (calm, bull, bear) as (drift, volatility multiplier); the chain stays put with probability
+# _REGIME_STAY per hour (mean regime length ~67 h).
+_MARKET_REGIMES = np.array([[0.0, 0.75], [0.05, 1.0], [-0.06, 1.35]])
+_IDIO_REGIMES = np.array([[0.0, 0.85], [0.04, 1.0], [-0.04, 1.15]])
 _REGIME_STAY = 0.985
-_MARKET_VOL = 0.0045  # hourly
-_MARKET_PHI = 0.10  # lag-1 autocorrelation of the market shocks
-_IDIO_PHI = 0.05
+_MARKET_VOL = 0.0045  # hourly, before the regime and clustering multipliers
+_MEMORY = 240  # candles of past shocks that a candle's drift and volatility depend on
+_VOL_HALFLIFE, _VOL_GAMMA = 10.0, 0.25  # clustering: log-vol follows recent |shock| surprises
+_TREND_RISE, _TREND_HALFLIFE, _TREND_FADE_HALFLIFE = 2.5, 6.0, 30.0  # momentum kernel (candles)
+_TREND_GAIN = 0.28
+_REVERT_THRESHOLD, _REVERT_HALFLIFE, _REVERT_GAIN = 1.5, 1.5, 2.7  # overshoot after large moves
+_FLOW_PROB, _FLOW_PUSH, _FLOW_VOLUME = 0.02, 1.0, 5.0  # flow events: per-hour chance, push, volume x
+_FLOW_HALFLIFE, _FLOW_GAIN = 6.0, 0.35  # the continuation drift after a flow event
 _WICK_SCALE = 0.6  # wick length in units of the candle's volatility
 
 _NEWS_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -137,14 +156,65 @@ def _regime_chain(rng: np.random.Generator, n: int, stay: float) -> np.ndarray:
     return states
 
 
-def _factor(key: str, n: int, regimes: np.ndarray, vol: float, phi: float,
+def _decay(halflife: float) -> np.ndarray:
+    """Exponential kernel 2^(-(j-1)/halflife) for lags j = 1.._MEMORY."""
+    return 0.5 ** (np.arange(_MEMORY) / halflife)
+
+
+def _past(x: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    """y[k] = sum_j weights[j-1] * x[k+j] for ages k < n: a causal filter over the len(weights)
+    candles before each candle (x is newest-first, with at least n + len(weights) entries). Summed
+    lag by lag, elementwise, so y[k] is bit-for-bit the same whatever n is."""
+    out = np.zeros(n)
+    for j, w in enumerate(weights, start=1):
+        if w:
+            out += w * x[j:j + n]
+    return out
+
+
+def _factor(key: str, m: int, regimes: np.ndarray, vol: float,
             step_h: float) -> tuple[np.ndarray, np.ndarray]:
-    """Regime-switching AR(1) log returns and their per-candle volatility, newest-first."""
-    states = _regime_chain(_rng(key, "regime"), n, _REGIME_STAY ** step_h)
-    sigma = vol * regimes[states, 1] * math.sqrt(step_h)
-    shocks = sigma * _rng(key, "shock").standard_normal(n)
-    shocks[0] /= math.sqrt(1.0 - phi * phi)  # start the AR(1) in its stationary distribution
-    return regimes[states, 0] * step_h + lfilter([1.0], [1.0, -phi], shocks), sigma
+    """One factor's log returns (regime drift + shock) and volatility for the newest m candles.
+
+    Volatility = base x regime multiplier x clustering term; the clustering term is an exponentially
+    weighted sum of the factor's |shock| surprises over the _MEMORY candles before (unit variance,
+    mean-corrected so that it does not move the average volatility)."""
+    states = _regime_chain(_rng(key, "regime"), m, _REGIME_STAY ** step_h)
+    z = _rng(key, "shock").standard_normal(m + _MEMORY)
+    w = _decay(_VOL_HALFLIFE)
+    surprise = _past(np.abs(z) - math.sqrt(2 / math.pi), w, m) / math.sqrt((1 - 2 / math.pi) * np.sum(w * w))
+    sigma = vol * math.sqrt(step_h) * regimes[states, 1] * np.exp(_VOL_GAMMA * surprise - _VOL_GAMMA ** 2 / 2)
+    return sigma * (regimes[states, 0] + z[:m]), sigma
+
+
+def _dynamics(shock: np.ndarray, n: int) -> np.ndarray:
+    """The drift (in units of the candle's volatility) of the newest n candles implied by the
+    standardized shocks of the _MEMORY candles before each: momentum minus overshoot reversal."""
+    # momentum: a shock keeps pushing the price its way for tens of candles (the push builds up over
+    # the first few, then decays); the slow negative tail makes the kernel sum to zero, so trends
+    # fade out instead of compounding into absurd paths
+    lags = np.arange(1, _MEMORY + 1)
+    push = _decay(_TREND_HALFLIFE) * (1.0 - 0.5 ** (lags / _TREND_RISE))
+    fade = _decay(_TREND_FADE_HALFLIFE)
+    w = push - fade * push.sum() / fade.sum()
+    trend = _past(shock, w, n) / math.sqrt(np.sum(w * w))  # unit variance
+    # overshoot: a multiple of the part of a shock beyond the threshold is given back over the next
+    # few candles, which outweighs the momentum the shock starts: very large moves partly snap back
+    excess = np.sign(shock) * np.maximum(np.abs(shock) - _REVERT_THRESHOLD, 0.0)
+    w = _decay(_REVERT_HALFLIFE)
+    revert = _past(excess, w / w.sum(), n)
+    return _TREND_GAIN * trend - _REVERT_GAIN * revert
+
+
+def _flows(symbol: str, n: int, step_h: float) -> tuple[np.ndarray, np.ndarray]:
+    """Flow events of one symbol for the newest n candles: (drift in units of the candle's
+    volatility, volume multiplier). An event candle gets a push and a volume spike, and the candles
+    after it drift the same way."""
+    u = _rng(symbol, "flow").random((n + _MEMORY, 2))
+    event = np.where(u[:, 0] < _FLOW_PROB * math.sqrt(step_h), np.where(u[:, 1] < 0.5, -1.0, 1.0), 0.0)
+    drift = _FLOW_PUSH * event[:n] + _FLOW_GAIN * _past(event, _decay(_FLOW_HALFLIFE), n)
+    size = 0.5 + 2.0 * (u[:n, 1] % 0.5)  # uniform in [0.5, 1.5), independent of the direction
+    return drift, 1.0 + (_FLOW_VOLUME - 1.0) * np.abs(event[:n]) * size
 
 
 def _profile(symbol: str) -> _Profile:
@@ -161,17 +231,25 @@ def sample_candles(symbol: str, n: int = 2160, end_ms: int | None = None,
     if n < 1:
         raise ValueError("n must be >= 1")
     step_h = step / HOUR_MS
-    market, market_sigma = _factor("market", n, _MARKET_REGIMES, _MARKET_VOL, _MARKET_PHI, step_h)
-    idio, idio_sigma = _factor(symbol, n, _IDIO_REGIMES, profile.idio_vol, _IDIO_PHI, step_h)
-    ret = profile.beta * market + idio
+    # the n candles plus the one before the oldest (its close is the oldest open), plus the _MEMORY
+    # candles before those that the drift looks back on
+    k = n + 1
+    m = k + _MEMORY
+    market, market_sigma = _factor("market", m, _MARKET_REGIMES, _MARKET_VOL, step_h)
+    idio, idio_sigma = _factor(symbol, m, _IDIO_REGIMES, profile.idio_vol, step_h)
     sigma = np.hypot(profile.beta * market_sigma, idio_sigma)
+    shock = (profile.beta * market + idio) / sigma  # the symbol's standardized move (incl. regime drift)
+    flow_drift, flow_volume = _flows(symbol, k, step_h)
+    ret = sigma[:k] * (shock[:k] + _dynamics(shock, k) + flow_drift)
 
-    close = SAMPLE_SYMBOLS[symbol] * np.exp(-np.concatenate(([0.0], np.cumsum(ret[:-1]))))
-    open_ = np.append(close[1:], close[-1] * math.exp(-ret[-1]))  # open[t] = close[t-1]
+    path = SAMPLE_SYMBOLS[symbol] * np.exp(-np.concatenate(([0.0], np.cumsum(ret[:n]))))
+    close, open_ = path[:n], path[1:]  # open[t] = close[t-1]
+    ret, sigma, flow_volume = ret[:n], sigma[:n], flow_volume[:n]
     wick = np.abs(_rng(symbol, "wick").standard_normal((n, 2))) * _WICK_SCALE * sigma[:, None]
     high = np.maximum(open_, close) * np.exp(wick[:, 0])
     low = np.minimum(open_, close) * np.exp(-wick[:, 1])
-    activity = np.exp(0.35 * _rng(symbol, "volume").standard_normal(n)) * (0.4 + np.abs(ret) / sigma)
+    activity = (np.exp(0.35 * _rng(symbol, "volume").standard_normal(n)) * (0.4 + np.abs(ret) / sigma)
+                * flow_volume)
     volume = profile.notional_usd * step_h * activity / ((open_ + close) / 2)
 
     end = anchor_ms(end_ms, step)

@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from serve_app.core.features import realized_vol
 from serve_app.settings import PROJECT_ROOT, StoreSettings
 from serve_app.store import StoreError, StoreUnavailable, open_store
 from serve_app.store.sample_data import (
@@ -137,11 +138,24 @@ def test_sample_has_learnable_structure() -> None:
     candles = {s: sample_candles(s, end_ms=T0) for s in SAMPLE_SYMBOLS}
     returns = {s: np.diff(np.log(c.close)) for s, c in candles.items()}
     btc = returns["BTC"]
+    after_big, after_moderate = [], []
     for symbol, r in returns.items():
+        c = candles[symbol]
         assert np.corrcoef(r, btc)[0, 1] > 0.5, symbol  # common market factor
-        assert np.corrcoef(np.abs(r), candles[symbol].volume[1:])[0, 1] > 0.3, symbol  # volume ~ |return|
-    autocorr = [np.corrcoef(r[:-1], r[1:])[0, 1] for r in returns.values()]
-    assert np.mean(autocorr) > 0.03  # mild momentum
+        assert np.corrcoef(np.abs(r), c.volume[1:])[0, 1] > 0.3, symbol  # volume ~ |return|
+        assert np.corrcoef(np.abs(r[:-1]), np.abs(r[1:]))[0, 1] > 0.1, symbol  # volatility clustering
+        r4 = np.add.reduceat(r, np.arange(0, r.size, 4))[:-1]  # consecutive 4-candle returns
+        assert np.corrcoef(r4[:-1], r4[1:])[0, 1] > 0.1, symbol  # momentum over hours
+        assert 0.3 < c.low.min() / c.close[-1] and c.high.max() / c.close[-1] < 3.0, symbol  # no absurd path
+        # the next 4 candles after a move, in its direction, in units of the trailing volatility
+        log_close, vol = np.log(c.close), realized_vol(c.close, 48)
+        t = np.arange(48, len(c) - 4)
+        move = (log_close[t] - log_close[t - 1]) / vol[t - 1]
+        after = np.sign(move) * (log_close[t + 4] - log_close[t]) / vol[t - 1]
+        after_big.append(after[np.abs(move) > 3])
+        after_moderate.append(after[(np.abs(move) > 1) & (np.abs(move) < 2)])
+    assert np.mean(np.concatenate(after_moderate)) > 0.2  # moderate moves continue
+    assert np.mean(np.concatenate(after_big)) < 0.0  # very large moves partly snap back (overshoot)
     vol = np.std(btc) * np.sqrt(24 * 365)
     assert 0.2 < vol < 1.5  # a crypto-like annualised volatility
 
