@@ -11,7 +11,7 @@ from typing import Any
 from ray import serve
 
 from serve_app.core.analytics import WriteBehindBuffer, score_signals, summarize
-from serve_app.settings import PROJECT_ROOT
+from serve_app.settings import spill_dir as default_spill_dir
 from serve_app.stage import StageBase
 from serve_app.store import StoreError, open_store
 
@@ -29,7 +29,7 @@ class Analytics(StageBase):
         self._init_stage()
         self.timeframe = timeframe
         self.horizon_ms = outcome_horizon_candles * TIMEFRAME_MS.get(timeframe, 3_600_000)
-        spill = Path(spill_dir) if spill_dir else PROJECT_ROOT / "data" / "spill"
+        spill = Path(spill_dir) if spill_dir else default_spill_dir()
         self.buffer = WriteBehindBuffer(spill / f"signals-{uuid.uuid4().hex[:12]}.jsonl")
         self.store = None  # opened lazily so the replica starts while the database is down
         self.store_error: str | None = None

@@ -51,3 +51,9 @@ class StoreSettings:
 def model_dir(env: dict[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("MODEL_DIR", str(DEFAULT_MODEL_DIR)))
+
+
+def spill_dir(env: dict[str, str] | None = None) -> Path:
+    """Where Analytics journals signals the store could not take at shutdown (replayed on start)."""
+    env = os.environ if env is None else env
+    return Path(env.get("SIGNAL_SPILL_DIR", str(PROJECT_ROOT / "data" / "spill")))
