@@ -10,7 +10,7 @@ METRICS_PORT ?= 8080
 SERVE_CONFIG ?= configs/serve_config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test setup venv seed-db train model stop clean help
+.PHONY: run test setup venv seed-db train model stop clean help kuberay kuberay-check
 
 help:
 	@echo "make run      set up (venv, sample data, default model) and serve on http://127.0.0.1:8000"
@@ -18,6 +18,7 @@ help:
 	@echo "make seed-db  (re)load the synthetic sample data into the configured store"
 	@echo "make train    train a new model on the configured store and make it current"
 	@echo "make stop     stop the local Ray cluster started by make run"
+	@echo "make kuberay  regenerate serveConfigV2 in kuberay/rayservice.yaml from configs/serve_config.yaml"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
@@ -45,7 +46,15 @@ run: setup
 		SERVE_CONFIG=$(SERVE_CONFIG) VENV=$(VENV) bash scripts/run_local.sh
 
 stop:
-	-$(VENV)/bin/ray stop --force
+	-$(PY) scripts/ray_procs.py stop /tmp/ray-signalgen-$(RAY_PORT)
+
+# kuberay/rayservice.yaml's serveConfigV2 is generated from the serve config (plus a small cluster overlay,
+# documented in kuberay/generate.py); a unit test fails when the committed manifest is stale.
+kuberay: venv
+	$(PY) kuberay/generate.py
+
+kuberay-check: venv
+	$(PY) kuberay/generate.py --check
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Start a local Ray head (dashboard on 127.0.0.1, metrics on a fixed port), run the Serve config in the
-# foreground, and stop every Ray process this script started on exit (Ctrl-C included).
+# foreground, and on exit (Ctrl-C included) stop exactly the Ray processes this script started: they
+# all carry this run's --temp-dir, so another Ray cluster on the machine is left alone.
 set -euo pipefail
 : "${RAY_PORT:=6380}" "${DASHBOARD_PORT:=8265}" "${METRICS_PORT:=8080}"
 : "${SERVE_CONFIG:=configs/serve_config.yaml}" "${VENV:=.venv}"
 BIN="$VENV/bin"
 export RAY_AUTH_MODE=token   # Ray clusters have token auth on; the serve CLI must send the token
 export RAY_ADDRESS="127.0.0.1:$RAY_PORT"
+TEMP_DIR="/tmp/ray-signalgen-$RAY_PORT"   # short: Ray's socket paths must stay under 108 characters
 
 if "$BIN/ray" status --address "$RAY_ADDRESS" >/dev/null 2>&1; then
   echo "A Ray cluster already answers on $RAY_ADDRESS: run 'make stop' first." >&2
@@ -15,14 +17,14 @@ fi
 
 cleanup() {
   trap - EXIT INT TERM
-  echo "Stopping Serve and the local Ray cluster..."
-  "$BIN/serve" shutdown -y --address "http://127.0.0.1:$DASHBOARD_PORT" >/dev/null 2>&1 || true
-  "$BIN/ray" stop --force >/dev/null 2>&1 || true
+  echo "Stopping the local Ray cluster ($TEMP_DIR)..."
+  "$BIN/python" scripts/ray_procs.py stop "$TEMP_DIR" || true
 }
 trap cleanup EXIT INT TERM
 
 "$BIN/ray" start --head --port="$RAY_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
-  --metrics-export-port="$METRICS_PORT" --num-cpus=2 --disable-usage-stats >/dev/null
+  --metrics-export-port="$METRICS_PORT" --num-cpus=2 --temp-dir="$TEMP_DIR" --disable-usage-stats >/dev/null
 echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT   Ray metrics: http://127.0.0.1:$METRICS_PORT/metrics"
 echo "Serving $SERVE_CONFIG on http://127.0.0.1:8000 (Ctrl-C to stop)"
-"$BIN/serve" run "$SERVE_CONFIG"
+# serve run blocks; on Ctrl-C it shuts the application down itself, then cleanup stops the cluster.
+"$BIN/serve" run "$SERVE_CONFIG" || true

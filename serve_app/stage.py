@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -15,6 +16,9 @@ class StageBase:
     stage: str = "stage"
 
     def _init_stage(self, metric_names: list[str] | None = None) -> None:
+        level = os.environ.get("LOG_LEVEL", "").upper()
+        if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            log.setLevel(level)  # this replica's Serve logger (the ConfigMap's LOG_LEVEL on Kubernetes)
         self.metrics = StageMetrics(metric_names)
         self.started_at = time.time()
 
