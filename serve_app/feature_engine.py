@@ -4,47 +4,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from ray import serve
 
 from serve_app.core.cache import CandleCache
-from serve_app.core.features import ATR_PERIOD, FEATURE_NAMES, SERVING_WINDOW, WARMUP, serving_features
+from serve_app.core.features import SERVING_WINDOW, WARMUP
+from serve_app.core.pipeline import compute_features_batch
 from serve_app.stage import StageBase
 from serve_app.store import open_store
-
-# ATR as a share of the live price is one of the features: stops and sizing use the same number
-ATR_PCT = FEATURE_NAMES.index(f"atr_pct_{ATR_PERIOD}")
-
-
-def feature_result(cache: CandleCache, symbol: str, price: float) -> dict[str, Any]:
-    """Features for one request from the cache (ray-free: also used by the in-process benchmark)."""
-    candles = cache.data.get(symbol)
-    if candles is None or len(candles) == 0:
-        if cache.last_refresh_ok is None and cache.last_error:
-            return {"ok": False, "error": "store_unavailable",
-                    "message": f"market data store unreachable and no cached candles: {cache.last_error}"}
-        return {"ok": False, "error": "unknown_symbol", "message": f"no candles for symbol {symbol!r}"}
-    if len(candles) < WARMUP + 1:
-        return {"ok": False, "error": "insufficient_history",
-                "message": f"{symbol} has {len(candles)} candles, {WARMUP + 1} needed"}
-    vec = serving_features(candles, price)
-    if not np.all(np.isfinite(vec)):
-        bad = [FEATURE_NAMES[i] for i in np.flatnonzero(~np.isfinite(vec))]
-        return {"ok": False, "error": "insufficient_history",
-                "message": f"{symbol}: features not computable from the cached candles ({', '.join(bad[:5])})"}
-    atr_pct = float(vec[ATR_PCT])
-    return {
-        "ok": True,
-        "error": None,
-        "features": vec.tolist(),
-        "last_close": float(candles.close[-1]),
-        "last_open_time_ms": int(candles.open_time[-1]),
-        "atr": atr_pct * price,
-        "atr_pct": atr_pct,
-        "candles_cached": len(candles),
-        "cache_age_s": cache.age_s(),
-    }
-
 
 @serve.deployment
 class FeatureEngine(StageBase):
@@ -62,7 +28,7 @@ class FeatureEngine(StageBase):
     async def compute(self, requests: list[dict]) -> list[dict]:
         """One call per pipeline batch: [{"symbol", "price", ...}] → [request + feature result]."""
         with self.timed():
-            out = [{**r, **feature_result(self.cache, r["symbol"], r["price"])} for r in requests]
+            out = compute_features_batch(self.cache, requests)
         now = time.time()
         for sym, t in self.cache.newest_open_ms().items():
             self.metrics.set("signalgen_data_age_seconds", now - t / 1000.0, symbol=sym)

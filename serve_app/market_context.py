@@ -8,13 +8,10 @@ from typing import Any
 from ray import serve
 
 from serve_app.core.cache import CandleCache
-from serve_app.core.market import MarketConfig, MarketSnapshot, build_snapshot, compute_contexts
+from serve_app.core.market import MarketConfig, MarketSnapshot, build_snapshot
+from serve_app.core.pipeline import market_batch
 from serve_app.stage import StageBase
 from serve_app.store import StoreError, open_store
-
-
-def request_time_ms(r: dict) -> int:
-    return int(r.get("asof_ms") or time.time() * 1000)
 
 
 @serve.deployment
@@ -62,12 +59,7 @@ class MarketContext(StageBase):
 
     async def context(self, requests: list[dict]) -> list[dict]:
         with self.timed():
-            snap = self.snapshot
-            if snap is None:
-                return [{"ok": False, "error": "store_unavailable",
-                         "message": f"market context has no data: {self.cache.last_error}"} for _ in requests]
-            return compute_contexts([r["symbol"] for r in requests], [r["price"] for r in requests],
-                                    [request_time_ms(r) for r in requests], snap, self.cfg)
+            return market_batch(self.snapshot, self.cfg, requests, self.cache.last_error or "")
 
     def health(self) -> dict[str, Any]:
         snap = self.snapshot

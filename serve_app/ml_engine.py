@@ -5,16 +5,14 @@ version is loaded by `reconfigure` without restarting the application.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ray import serve
 
 from models.registry import resolve
 from serve_app.core.model import SignalModel
-from serve_app.core.trading import decide_actions, probabilities_dict
+from serve_app.core.pipeline import predict_batch
 from serve_app.settings import model_dir
 from serve_app.stage import StageBase
 
@@ -58,19 +56,10 @@ class MLEngine(StageBase):
     async def predict_rows(self, groups: list[list[dict]]) -> list[list[dict]]:
         with self.timed():
             model = self.model
-            flat = [it for g in groups for it in g if it.get("ok")]
-            if flat:
-                X = np.asarray([it["features"] for it in flat], dtype=np.float32)
-                probs = model.predict_proba(X)
-                actions, conf = decide_actions(probs)
-                for it, p, a, c in zip(flat, probs, actions, conf):
-                    it["probabilities"] = probabilities_dict(p)
-                    it["action"] = a
-                    it["confidence"] = float(c)
-                    it["model_version"] = model.version
-                    del it["features"]  # not needed downstream
-                self.metrics.observe("signalgen_ml_batch_size", len(flat))
-                self.metrics.inc("signalgen_predictions_total", len(flat), model_version=model.version)
+            rows = predict_batch(model, [it for g in groups for it in g])
+            if rows:
+                self.metrics.observe("signalgen_ml_batch_size", rows)
+                self.metrics.inc("signalgen_predictions_total", rows, model_version=model.version)
         return groups
 
     def health(self) -> dict[str, Any]:

@@ -4,7 +4,6 @@ batch (@serve.batch), fans out to the stages with one handle call per stage per 
 import asyncio
 import logging
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,13 +13,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.core.pipeline import finish_batch
 from serve_app.metrics import merge_exposition
-from serve_app.schemas import ErrorBody, SignalRequest, SignalResponse, signal_record
+from serve_app.schemas import ErrorBody, SignalRequest, SignalResponse
 from serve_app.stage import StageBase
 
 log = logging.getLogger("ray.serve")
-
-ERROR_STATUS = {"unknown_symbol": 404, "insufficient_history": 404, "store_unavailable": 503}
 
 api = FastAPI(
     title="Crypto signal service",
@@ -28,41 +26,6 @@ api = FastAPI(
     description="Trading signals (BUY/SELL/HOLD) from seven Ray Serve deployments: features, market context, "
                 "XGBoost, portfolio sizing, risk checks and analytics.",
 )
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def build_response(it: dict[str, Any], timeframe: str, now_ms: int) -> dict[str, Any]:
-    """The public signal from a pipeline item that went through every stage (ray-free)."""
-    ctx = {k: v for k, v in it["market_context"].items() if k not in ("ok", "error", "message")}
-    return {
-        "signal_id": uuid.uuid4().hex,
-        "symbol": it["symbol"],
-        "timeframe": timeframe,
-        "price": it["price"],
-        "action": it["action"],
-        "confidence": round(it["confidence"], 6),
-        "probabilities": {k: round(v, 6) for k, v in it["probabilities"].items()},
-        "position": it["position"],
-        "risk": it["risk"],
-        "market_context": ctx,
-        "model_version": it["model_version"],
-        "generated_at": _iso(now_ms),
-        "data": {
-            "as_of": _iso(it["asof_ms"]),
-            "last_close": it["last_close"],
-            "last_candle_open": _iso(it["last_open_time_ms"]),
-            "atr": it["atr"],
-            "atr_pct": it["atr_pct"],
-            "equity": it["equity"],
-            "kelly_fraction": it.get("kelly_fraction"),
-            "vol_cap_fraction": it.get("vol_cap_fraction"),
-            "candles_cached": it["candles_cached"],
-            "cache_age_s": it["cache_age_s"],
-        },
-    }
 
 
 @serve.deployment
@@ -128,18 +91,9 @@ class Orchestrator(StageBase):
             log.exception("pipeline failed in stage %s", stage)
             self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason=type(e).__name__)
             return [(500, {"detail": f"internal error in stage '{stage}'"})] * len(items)
-        now_ms = int(time.time() * 1000)
-        results: list[tuple[int, dict]] = []
-        records = []
-        for it in out:
-            if not it.get("ok"):
-                err = it.get("error") or "unknown"
-                results.append((ERROR_STATUS.get(err, 500), {"detail": it.get("message") or err, "error": err}))
-                continue
-            resp = build_response(it, self.timeframe, now_ms)
-            records.append(signal_record(resp, now_ms))
-            self.metrics.inc("signalgen_signals_total", symbol=resp["symbol"], action=resp["action"])
-            results.append((200, resp))
+        results, records = finish_batch(out, self.timeframe)
+        for rec in records:
+            self.metrics.inc("signalgen_signals_total", symbol=rec["symbol"], action=rec["action"])
         if records:
             task = asyncio.create_task(self._persist(records))
             self._persist_tasks.add(task)

@@ -5,15 +5,9 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.core.trading import ExposureBook, RiskConfig, TradeConfig, assess
+from serve_app.core.pipeline import assess_batch
+from serve_app.core.trading import ExposureBook, RiskConfig, TradeConfig
 from serve_app.stage import StageBase
-
-
-def assess_batch(items: list[dict], trade: TradeConfig, cfg: RiskConfig, book: ExposureBook) -> list[dict]:
-    for it in items:
-        if it.get("ok"):
-            it.update(assess(it, trade, cfg, book))
-    return items
 
 
 @serve.deployment

@@ -2,8 +2,6 @@
 dashboard's REST API (as KubeRay does), the embedded store seeded with the sample data and a trained model."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Iterator
 
 import httpx

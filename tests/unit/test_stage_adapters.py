@@ -8,10 +8,7 @@ import pytest
 from serve_app.core.cache import CandleCache
 from serve_app.core.features import FEATURE_NAMES, WARMUP, compute_features
 from serve_app.core.trading import ExposureBook, PortfolioConfig, RiskConfig, TradeConfig
-from serve_app.feature_engine import feature_result
-from serve_app.orchestrator import build_response
-from serve_app.portfolio import size_batch
-from serve_app.risk import assess_batch
+from serve_app.core.pipeline import assess_batch, build_response, feature_result, size_batch
 from serve_app.store import StoreUnavailable
 from serve_app.store.sample_data import sample_candles
 from serve_app.store.sqlite_store import SQLiteStore
