@@ -10,7 +10,9 @@ METRICS_PORT ?= 8080
 SERVE_CONFIG ?= configs/serve_config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test setup venv seed-db train model stop clean help kuberay kuberay-check
+BENCH_ARGS ?=
+
+.PHONY: run test setup venv seed-db train model stop clean help bench kuberay kuberay-check
 
 help:
 	@echo "make run      set up (venv, sample data, default model) and serve on http://127.0.0.1:8000"
@@ -18,6 +20,7 @@ help:
 	@echo "make seed-db  (re)load the synthetic sample data into the configured store"
 	@echo "make train    train a new model on the configured store and make it current"
 	@echo "make stop     stop the local Ray cluster started by make run"
+	@echo "make bench    benchmark the graph against its floors (writes bench/results/latest.json)"
 	@echo "make kuberay  regenerate serveConfigV2 in kuberay/rayservice.yaml from configs/serve_config.yaml"
 
 $(STAMP): pyproject.toml
@@ -55,6 +58,12 @@ kuberay: venv
 
 kuberay-check: venv
 	$(PY) kuberay/generate.py --check
+
+# Benchmark (not part of the tests): graph vs no-op Serve ingress vs one uvicorn process vs in-process.
+bench: setup
+	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; \
+		(apt-get update -qq && apt-get install -y -qq hey) >/dev/null; }
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

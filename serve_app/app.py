@@ -31,8 +31,10 @@ class AppArgs(BaseModel):
     timeframe: str = Field("1h", pattern=r"^\d+[mhd]$")
     symbols: list[str] | None = Field(None, description="track only these (default: every symbol in the store)")
     refresh_interval_s: float = Field(30.0, gt=0, description="candle cache refresh period")
-    pipeline_max_batch_size: int = Field(32, ge=1, le=1024)
-    pipeline_batch_wait_timeout_s: float = Field(0.002, ge=0, le=1)
+    pipeline_max_batch_size: int = Field(64, ge=1, le=1024, description="requests per pipeline batch, at most")
+    pipeline_max_in_flight: int = Field(1, ge=1, le=64,
+                                        description="pipeline batches an ingress replica runs at once; a request "
+                                                    "arriving while they run joins the next batch")
     stage_timeout_s: float = Field(10.0, gt=0)
     model_root: str | None = Field(None, description="model registry directory (default: MODEL_DIR or models/artifacts)")
     market_history: int = Field(1000, ge=100, description="candles per symbol kept by MarketContext")
@@ -57,5 +59,5 @@ def build_app(args: AppArgs | dict | None = None):
                                spill_dir=a.analytics.spill_dir)
     return Orchestrator.bind(features, market, ml, portfolio, risk, analytics, timeframe=a.timeframe,
                              max_batch_size=a.pipeline_max_batch_size,
-                             batch_wait_timeout_s=a.pipeline_batch_wait_timeout_s,
+                             max_in_flight=a.pipeline_max_in_flight,
                              stage_timeout_s=a.stage_timeout_s)

@@ -31,6 +31,10 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None
                                           LATENCY_BUCKETS),
     "signalgen_pipeline_batch_size": ("histogram", "Requests grouped into one pipeline batch", (), BATCH_BUCKETS),
     "signalgen_ml_batch_size": ("histogram", "Rows per XGBoost inplace_predict call", (), BATCH_BUCKETS),
+    # Ray's exporter rebuilds a histogram's _sum from bucket midpoints, so exact mean batch sizes come from
+    # these counters: rows / batches (predictions_total / ml_batches_total, requests / pipeline_batches).
+    "signalgen_ml_batches_total": ("counter", "XGBoost inplace_predict calls", (), None),
+    "signalgen_pipeline_batches_total": ("counter", "Pipeline batches sent through the stages", (), None),
     "signalgen_predictions_total": ("counter", "Rows predicted by the ML engine", ("model_version",), None),
     "signalgen_db_query_seconds": ("histogram", "Database query latency", ("op",), LATENCY_BUCKETS),
     "signalgen_db_errors_total": ("counter", "Database errors", ("op",), None),

@@ -59,6 +59,7 @@ class MLEngine(StageBase):
             rows = predict_batch(model, [it for g in groups for it in g])
             if rows:
                 self.metrics.observe("signalgen_ml_batch_size", rows)
+                self.metrics.inc("signalgen_ml_batches_total")
                 self.metrics.inc("signalgen_predictions_total", rows, model_version=model.version)
         return groups
 

@@ -1,9 +1,11 @@
 """Orchestrator deployment: the FastAPI ingress. Validates, groups concurrent requests into one pipeline
-batch (@serve.batch), fans out to the stages with one handle call per stage per batch, fans in."""
+batch (an adaptive batcher: no wait when idle, bigger batches under load), fans out to the stages with
+one handle call per stage per batch, fans in."""
 
 import asyncio
 import logging
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.core.batcher import AdaptiveBatcher
 from serve_app.core.pipeline import finish_batch
 from serve_app.metrics import merge_exposition
 from serve_app.schemas import ErrorBody, SignalRequest, SignalResponse
@@ -35,7 +38,7 @@ class Orchestrator(StageBase):
 
     def __init__(self, features: DeploymentHandle, market: DeploymentHandle, ml: DeploymentHandle,
                  portfolio: DeploymentHandle, risk: DeploymentHandle, analytics: DeploymentHandle,
-                 timeframe: str = "1h", max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002,
+                 timeframe: str = "1h", max_batch_size: int = 32, max_in_flight: int = 1,
                  stage_timeout_s: float = 10.0):
         self._init_stage()
         self.stages = {"features": features, "market_context": market, "ml": ml, "portfolio": portfolio,
@@ -44,8 +47,7 @@ class Orchestrator(StageBase):
         self.portfolio, self.risk, self.analytics = portfolio, risk, analytics
         self.timeframe = timeframe
         self.stage_timeout_s = stage_timeout_s
-        self.pipeline.set_max_batch_size(max_batch_size)
-        self.pipeline.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batcher = AdaptiveBatcher(self.pipeline, max_batch_size=max_batch_size, max_in_flight=max_in_flight)
         self._persist_tasks: set[asyncio.Task] = set()
 
     # ---------------------------------------------------------------- signal
@@ -61,16 +63,17 @@ class Orchestrator(StageBase):
             asof = asof.replace(tzinfo=timezone.utc)
         item = {"symbol": req.symbol, "price": req.price, "asof_ms": int(asof.timestamp() * 1000),
                 "equity": req.equity}
-        status, body = await self.pipeline(item)
+        status, body = await self.batcher.submit(item)
         self.metrics.inc("signalgen_requests_total", route="/generate_signal", status=str(status))
         self.metrics.observe("signalgen_request_latency_seconds", time.perf_counter() - t0)
         return JSONResponse(body, status_code=status)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def pipeline(self, items: list[dict]) -> list[tuple[int, dict]]:
-        """One batch through every stage: features ∥ market context → ML → portfolio → risk; analytics
-        off the critical path. DeploymentResponses are passed straight into the next handle call."""
+        """One batch (requests grouped by the adaptive batcher) through every stage: features ∥ market
+        context → ML → portfolio → risk; analytics off the critical path. DeploymentResponses are passed
+        straight into the next handle call, so this awaits once per batch."""
         self.metrics.observe("signalgen_pipeline_batch_size", len(items))
+        self.metrics.inc("signalgen_pipeline_batches_total")
         f = self.features.compute.remote(items)
         c = self.market.context.remote(items)
         p = self.ml.predict.remote(f)
@@ -92,8 +95,8 @@ class Orchestrator(StageBase):
             self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason=type(e).__name__)
             return [(500, {"detail": f"internal error in stage '{stage}'"})] * len(items)
         results, records = finish_batch(out, self.timeframe)
-        for rec in records:
-            self.metrics.inc("signalgen_signals_total", symbol=rec["symbol"], action=rec["action"])
+        for (symbol, action), n in Counter((r["symbol"], r["action"]) for r in records).items():
+            self.metrics.inc("signalgen_signals_total", n, symbol=symbol, action=action)
         if records:
             task = asyncio.create_task(self._persist(records))
             self._persist_tasks.add(task)

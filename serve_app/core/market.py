@@ -38,12 +38,16 @@ class SymbolSeries:
 
 @dataclass
 class MarketSnapshot:
-    """What the MarketContext replica keeps in memory, refreshed off the request path."""
+    """What the MarketContext replica keeps in memory, refreshed off the request path. Everything that
+    spans all symbols (breadth, the reference return) is computed here once, so a request's cost does not
+    grow with the number of tracked symbols."""
 
     series: dict[str, SymbolSeries]
     all_news_time_ms: np.ndarray
     all_news_score: np.ndarray
     loaded_at_ms: int
+    breadth: float = 0.5  # share of symbols whose lookback return is positive
+    reference_return: float | None = None  # BTC's lookback return
 
 
 def _log_returns(closes: np.ndarray) -> np.ndarray:
@@ -75,11 +79,14 @@ def build_snapshot(closes_by_symbol: dict[str, np.ndarray], news: Sequence[NewsI
             news_time_ms=np.array([n.published_at for n in items], dtype=np.int64),
             news_score=np.array([n.score for n in items], dtype=np.float64),
         )
+    rets = {s: _lookback_return(ser.closes, cfg.momentum_lookback) for s, ser in series.items()}
     return MarketSnapshot(
         series=series,
         all_news_time_ms=np.array([n.published_at for n in news], dtype=np.int64),
         all_news_score=np.array([n.score for n in news], dtype=np.float64),
         loaded_at_ms=now_ms,
+        breadth=float(np.mean([r > 0 for r in rets.values()])) if rets else 0.5,
+        reference_return=rets.get(REFERENCE_SYMBOL),
     )
 
 
@@ -118,9 +125,7 @@ def compute_contexts(symbols: Sequence[str], prices: Sequence[float], now_ms: Se
       above threshold), else ranging
     """
     L = cfg.momentum_lookback
-    rets = {s: _lookback_return(ser.closes, L) for s, ser in snap.series.items()}
-    breadth = float(np.mean([r > 0 for r in rets.values()])) if rets else 0.5
-    ref = snap.series.get(REFERENCE_SYMBOL)
+    breadth, ref_ret = snap.breadth, snap.reference_return
     out = []
     for sym, price, t in zip(symbols, prices, now_ms):
         ser = snap.series.get(sym)
@@ -130,7 +135,7 @@ def compute_contexts(symbols: Sequence[str], prices: Sequence[float], now_ms: Se
         closes = ser.closes.copy()
         closes[-1] = price
         own = _lookback_return(closes, L)
-        momentum = own if (sym == REFERENCE_SYMBOL or ref is None) else own - rets[REFERENCE_SYMBOL]
+        momentum = own if (sym == REFERENCE_SYMBOL or ref_ret is None) else own - ref_ret
         sym_sent, n_sym = decayed_sentiment(ser.news_time_ms, ser.news_score, t, cfg.sentiment_half_life_hours,
                                             cfg.news_lookback_hours)
         mkt_sent, n_all = decayed_sentiment(snap.all_news_time_ms, snap.all_news_score, t,

@@ -7,7 +7,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.ray_helpers import deploy, free_port, serve_config_for_test
+from scripts.serve_rest import deploy, free_port
+from tests.ray_helpers import serve_config_for_test
 
 
 # A second copy of the application, under /nodb, whose store is a MySQL server that refuses connections.
