@@ -4,6 +4,8 @@ Scenarios, each at concurrency 1, 10 and 32 (the seed's requests, symbols mixed)
   inprocess      the stage code called directly (LocalPipeline), c requests as one batch: compute cost
   plain_uvicorn  the same stage code in one uvicorn process, no Ray
   noop_http      a no-op Serve FastAPI ingress behind the same proxy and HTTP options: Serve's floor
+  chain_http     that ingress plus 4 sequential calls to a no-op deployment: the graph's critical path
+                 in Ray hops alone, with no stage work
   graph_http     the real seven-deployment application (configs/serve_config.yaml) over HTTP
 The HTTP load generator is `hey` (Debian package), one process per symbol so symbols interleave. Also
 recorded: the ML engine's batch-size distribution under each graph load (from Ray's metrics port) and
@@ -46,7 +48,8 @@ RESULTS = ROOT / "bench" / "results"
 CONFIG = ROOT / "configs" / "serve_config.yaml"
 BODIES = [{"symbol": "SOL", "price": 100.0}, {"symbol": "BTC", "price": 50000.0},
           {"symbol": "ETH", "price": 3000.0}]
-SCENARIOS = ("inprocess", "plain_uvicorn", "noop_http", "graph_http")
+SCENARIOS = ("inprocess", "plain_uvicorn", "noop_http", "chain_http", "graph_http")
+CHAIN_HOPS = 4  # the graph's critical path: features -> ML -> portfolio -> risk (market runs beside features)
 # What `make run` (scripts/run_local.sh) and the RayService set: measured levers, see the README.
 RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
 TARGETS = {
@@ -326,7 +329,15 @@ def bench_serve_config(http_port: int) -> dict:
     cfg["applications"].append({
         "name": "noop", "route_prefix": "/noop", "import_path": "serve_app.noop:app",
         "deployments": [{"name": "NoopIngress", "max_ongoing_requests": orch["max_ongoing_requests"],
-                         "ray_actor_options": {"num_cpus": 0.05}}],
+                         "ray_actor_options": {"num_cpus": 0.02}}],
+    })
+    cfg["applications"].append({
+        "name": "chain", "route_prefix": "/chain", "import_path": "serve_app.noop:chain_app",
+        "args": {"hops": CHAIN_HOPS},
+        "deployments": [{"name": "NoopChainIngress", "max_ongoing_requests": orch["max_ongoing_requests"],
+                         "ray_actor_options": {"num_cpus": 0.02}},
+                        {"name": "NoopStage", "max_ongoing_requests": orch["max_ongoing_requests"],
+                         "ray_actor_options": {"num_cpus": 0.02}}],
     })
     return cfg
 
@@ -360,6 +371,9 @@ def run_ray_scenarios(scenarios: list[str], concurrencies: list[int], duration_s
         base = f"http://127.0.0.1:{http_port}"
         if "noop_http" in scenarios:
             results["noop_http"] = run_http("noop_http", f"{base}/noop/generate_signal", concurrencies, duration_s)
+        if "chain_http" in scenarios:
+            results["chain_http"] = run_http("chain_http", f"{base}/chain/generate_signal", concurrencies,
+                                             duration_s)
         if "graph_http" in scenarios:
             results["graph_http"] = run_http("graph_http", f"{base}/generate_signal", concurrencies, duration_s,
                                              metrics_url=cluster["metrics"])
@@ -376,6 +390,11 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
         r["graph_vs_noop_throughput_c10"] = round(get("graph_http", 10, "rps") / get("noop_http", 10, "rps"), 3)
     if get("graph_http", 1, "p50_ms") and get("noop_http", 1, "p50_ms"):
         r["graph_vs_noop_p50_c1"] = round(get("graph_http", 1, "p50_ms") / get("noop_http", 1, "p50_ms"), 3)
+    if get("chain_http", 1, "p50_ms") and get("noop_http", 1, "p50_ms"):
+        r["chain_vs_noop_p50_c1"] = round(get("chain_http", 1, "p50_ms") / get("noop_http", 1, "p50_ms"), 3)
+        r["ms_per_hop_c1"] = round((get("chain_http", 1, "p50_ms") - get("noop_http", 1, "p50_ms")) / CHAIN_HOPS, 2)
+    if get("graph_http", 10, "rps") and get("chain_http", 10, "rps"):
+        r["graph_vs_chain_throughput_c10"] = round(get("graph_http", 10, "rps") / get("chain_http", 10, "rps"), 3)
     if get("inprocess", 1, "p50_ms") is not None:
         r["inprocess_p50_ms_c1"] = get("inprocess", 1, "p50_ms")
     ml32 = res.get("graph_http", {}).get("32", {}).get("ml_batch", {}).get("mean")
@@ -439,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         with plain_uvicorn() as url:
             results["plain_uvicorn"] = run_http("plain_uvicorn", url, conc, duration)
     peak = None
-    if {"noop_http", "graph_http"} & set(scenarios):
+    if {"noop_http", "chain_http", "graph_http"} & set(scenarios):
         ray_results, peak = run_ray_scenarios(scenarios, conc, duration, env_extra)
         results.update(ray_results)
     report = {

@@ -39,7 +39,7 @@ class Orchestrator(StageBase):
     def __init__(self, features: DeploymentHandle, market: DeploymentHandle, ml: DeploymentHandle,
                  portfolio: DeploymentHandle, risk: DeploymentHandle, analytics: DeploymentHandle,
                  timeframe: str = "1h", max_batch_size: int = 32, max_in_flight: int = 1,
-                 stage_timeout_s: float = 10.0):
+                 stage_timeout_s: float = 10.0, analytics_send_s: float = 0.05):
         self._init_stage()
         self.stages = {"features": features, "market_context": market, "ml": ml, "portfolio": portfolio,
                        "risk": risk, "analytics": analytics}
@@ -48,7 +48,9 @@ class Orchestrator(StageBase):
         self.timeframe = timeframe
         self.stage_timeout_s = stage_timeout_s
         self.batcher = AdaptiveBatcher(self.pipeline, max_batch_size=max_batch_size, max_in_flight=max_in_flight)
-        self._persist_tasks: set[asyncio.Task] = set()
+        self._outbox: list[dict] = []  # signals answered but not yet handed to Analytics
+        self._sender: asyncio.Task | None = None
+        self.analytics_send_s = analytics_send_s
 
     # ---------------------------------------------------------------- signal
     @api.post("/generate_signal", response_model=SignalResponse,
@@ -64,16 +66,22 @@ class Orchestrator(StageBase):
         item = {"symbol": req.symbol, "price": req.price, "asof_ms": int(asof.timestamp() * 1000),
                 "equity": req.equity}
         status, body = await self.batcher.submit(item)
-        self.metrics.inc("signalgen_requests_total", route="/generate_signal", status=str(status))
         self.metrics.observe("signalgen_request_latency_seconds", time.perf_counter() - t0)
         return JSONResponse(body, status_code=status)
 
     async def pipeline(self, items: list[dict]) -> list[tuple[int, dict]]:
-        """One batch (requests grouped by the adaptive batcher) through every stage: features ∥ market
-        context → ML → portfolio → risk; analytics off the critical path. DeploymentResponses are passed
-        straight into the next handle call, so this awaits once per batch."""
+        """One batch (requests grouped by the adaptive batcher) through every stage; metrics are counted
+        once per batch, not per request."""
         self.metrics.observe("signalgen_pipeline_batch_size", len(items))
         self.metrics.inc("signalgen_pipeline_batches_total")
+        results = await self._run_stages(items)
+        for status, n in Counter(status for status, _ in results).items():
+            self.metrics.inc("signalgen_requests_total", n, route="/generate_signal", status=str(status))
+        return results
+
+    async def _run_stages(self, items: list[dict]) -> list[tuple[int, dict]]:
+        """features ∥ market context → ML → portfolio → risk; analytics off the critical path.
+        DeploymentResponses are passed straight into the next handle call, so this awaits once."""
         f = self.features.compute.remote(items)
         c = self.market.context.remote(items)
         p = self.ml.predict.remote(f)
@@ -98,10 +106,18 @@ class Orchestrator(StageBase):
         for (symbol, action), n in Counter((r["symbol"], r["action"]) for r in records).items():
             self.metrics.inc("signalgen_signals_total", n, symbol=symbol, action=action)
         if records:
-            task = asyncio.create_task(self._persist(records))
-            self._persist_tasks.add(task)
-            task.add_done_callback(self._persist_tasks.discard)
+            self._outbox.extend(records)
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.create_task(self._send_outbox())
         return results
+
+    async def _send_outbox(self) -> None:
+        """Coalesce the signals of consecutive batches into one Analytics call every `analytics_send_s`
+        (one hop per interval instead of one per batch); stops when the outbox is empty."""
+        while self._outbox:
+            await asyncio.sleep(self.analytics_send_s)
+            records, self._outbox = self._outbox, []
+            await self._persist(records)
 
     async def _failed_stage(self, chain: list[tuple[str, Any]], timeout: float) -> str:
         for name, resp in chain:
@@ -166,3 +182,12 @@ class Orchestrator(StageBase):
 
     def check_health(self) -> None:
         pass  # the ingress holds no resource of its own; /health reports the stages
+
+    def __del__(self) -> None:
+        """Graceful shutdown: hand over whatever is still in the outbox (Analytics journals it if it must)."""
+        if getattr(self, "_outbox", None):
+            try:
+                self.analytics.record.remote(self._outbox)
+                self._outbox = []
+            except Exception:  # noqa: BLE001 - shutting down; logged for the operator
+                log.exception("could not hand %d signals to analytics at shutdown", len(self._outbox))

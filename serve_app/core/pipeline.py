@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from serve_app.core.cache import CandleCache
-from serve_app.core.features import ATR_PERIOD, FEATURE_NAMES, WARMUP, serving_features
+from serve_app.core.features import ATR_PERIOD, FEATURE_NAMES, WARMUP, serving_features, serving_features_batch
 from serve_app.core.market import MarketConfig, MarketSnapshot, build_snapshot, compute_contexts
 from serve_app.core.model import SignalModel
 from serve_app.core.trading import (ExposureBook, PortfolioConfig, RiskConfig, TradeConfig, assess,
@@ -29,18 +29,20 @@ ERROR_STATUS = {"unknown_symbol": 404, "insufficient_history": 404, "store_unava
 
 
 # ------------------------------------------------------------------------------------------- features
-def feature_result(cache: CandleCache, symbol: str, price: float) -> dict[str, Any]:
-    """Features for one request from the candle cache; the request's price is the current bar's close."""
+def _candles_or_error(cache: CandleCache, symbol: str) -> tuple[Any, dict[str, Any] | None]:
     candles = cache.data.get(symbol)
     if candles is None or len(candles) == 0:
         if cache.last_refresh_ok is None and cache.last_error:
-            return {"ok": False, "error": "store_unavailable",
-                    "message": f"market data store unreachable and no cached candles: {cache.last_error}"}
-        return {"ok": False, "error": "unknown_symbol", "message": f"no candles for symbol {symbol!r}"}
+            return None, {"ok": False, "error": "store_unavailable",
+                          "message": f"market data store unreachable and no cached candles: {cache.last_error}"}
+        return None, {"ok": False, "error": "unknown_symbol", "message": f"no candles for symbol {symbol!r}"}
     if len(candles) < WARMUP + 1:
-        return {"ok": False, "error": "insufficient_history",
-                "message": f"{symbol} has {len(candles)} candles, {WARMUP + 1} needed"}
-    vec = serving_features(candles, price)
+        return None, {"ok": False, "error": "insufficient_history",
+                      "message": f"{symbol} has {len(candles)} candles, {WARMUP + 1} needed"}
+    return candles, None
+
+
+def _feature_fields(cache: CandleCache, symbol: str, candles: Any, price: float, vec: np.ndarray) -> dict[str, Any]:
     if not np.all(np.isfinite(vec)):
         bad = [FEATURE_NAMES[i] for i in np.flatnonzero(~np.isfinite(vec))]
         return {"ok": False, "error": "insufficient_history",
@@ -59,8 +61,30 @@ def feature_result(cache: CandleCache, symbol: str, price: float) -> dict[str, A
     }
 
 
+def feature_result(cache: CandleCache, symbol: str, price: float) -> dict[str, Any]:
+    """Features for one request from the candle cache; the request's price is the current bar's close."""
+    candles, err = _candles_or_error(cache, symbol)
+    if err is not None:
+        return err
+    return _feature_fields(cache, symbol, candles, price, serving_features(candles, price))
+
+
 def compute_features_batch(cache: CandleCache, requests: list[dict]) -> list[dict]:
-    return [{**r, **feature_result(cache, r["symbol"], r["price"])} for r in requests]
+    """Every request of a batch: one vectorised feature computation for all that have enough candles."""
+    out: list[dict] = [dict(r) for r in requests]
+    valid: list[tuple[int, Any]] = []
+    for i, r in enumerate(requests):
+        candles, err = _candles_or_error(cache, r["symbol"])
+        if err is not None:
+            out[i].update(err)
+        else:
+            valid.append((i, candles))
+    if valid:
+        X = serving_features_batch([c for _, c in valid], [requests[i]["price"] for i, _ in valid])
+        for (i, candles), vec in zip(valid, X):
+            r = requests[i]
+            out[i].update(_feature_fields(cache, r["symbol"], candles, r["price"], vec))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- market

@@ -100,3 +100,20 @@ def test_market_failure_marks_item_failed():
     items = size_batch([_pipeline_item()], [{"ok": False, "error": "store_unavailable", "message": "down"}],
                        TradeConfig(), PortfolioConfig())
     assert items[0]["ok"] is False and items[0]["error"] == "store_unavailable"
+
+
+def test_batch_features_equal_one_by_one_and_keep_errors_in_place(store):
+    from serve_app.core.pipeline import compute_features_batch
+
+    cache = CandleCache(lambda: store, "1h", window=300)
+    cache.refresh()
+    reqs = [{"symbol": "SOL", "price": 101.0}, {"symbol": "XRP", "price": 1.0}, {"symbol": "BTC", "price": 49_000.0},
+            {"symbol": "NEW", "price": 3000.0}, {"symbol": "SOL", "price": 99.5}]
+    batch = compute_features_batch(cache, reqs)
+    assert [b["symbol"] for b in batch] == [r["symbol"] for r in reqs]
+    assert [b.get("error") for b in batch] == [None, "unknown_symbol", None, "insufficient_history", None]
+    for r, b in zip(reqs, batch):
+        if b["ok"]:
+            one = feature_result(cache, r["symbol"], r["price"])
+            np.testing.assert_allclose(b["features"], one["features"], rtol=1e-12)
+            assert b["atr"] == pytest.approx(one["atr"]) and b["price"] == r["price"]
