@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: run test setup venv seed-db train model stop clean help bench kuberay kuberay-check
+.PHONY: run test setup venv seed-db train model stop clean help bench loadtest kuberay kuberay-check
 
 help:
 	@echo "make run      set up (venv, sample data, default model) and serve on http://127.0.0.1:8000"
@@ -21,6 +21,7 @@ help:
 	@echo "make train    train a new model on the configured store and make it current"
 	@echo "make stop     stop the local Ray cluster started by make run"
 	@echo "make bench    benchmark the graph against its floors (writes bench/results/latest.json)"
+	@echo "make loadtest hey -n 1000 -c 10 plus a 5-minute soak with memory growth (LOADTEST_ARGS=--soak-seconds 60)"
 	@echo "make kuberay  regenerate serveConfigV2 in kuberay/rayservice.yaml from configs/serve_config.yaml"
 
 $(STAMP): pyproject.toml
@@ -64,6 +65,14 @@ bench: setup
 	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; \
 		(apt-get update -qq && apt-get install -y -qq hey) >/dev/null; }
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Load test (not part of the tests): the seed's hey -n 1000 -c 10 with zero errors, then a 5-minute soak at a
+# steady rate with Ray's memory sampled (growth <= 10%); writes bench/results/loadtest.json, exit 1 on a miss.
+LOADTEST_ARGS ?=
+loadtest: setup
+	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; \
+		(apt-get update -qq && apt-get install -y -qq hey) >/dev/null; }
+	$(PY) -m bench.loadtest $(LOADTEST_ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

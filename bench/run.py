@@ -88,7 +88,8 @@ def hey_binary() -> str:
 
 
 def _hey(url: str, body: dict, concurrency: int, duration_s: float) -> tuple[list[float], int]:
-    out = subprocess.run([hey_binary(), "-z", f"{duration_s}s", "-c", str(concurrency), "-m", "POST",
+    key = [a for k, v in api_key_headers().items() for a in ("-H", f"{k}: {v}")]
+    out = subprocess.run([hey_binary(), "-z", f"{duration_s}s", "-c", str(concurrency), "-m", "POST", *key,
                           "-T", "application/json", "-d", json.dumps(body), "-o", "csv", url],
                          capture_output=True, text=True, timeout=duration_s + 120)
     lat, errors = [], 0
@@ -124,9 +125,15 @@ def http_load(url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
     return summarize(lat, sum(r[1] for r in results), wall)
 
 
+def api_key_headers() -> dict[str, str]:
+    """The ingress wants X-API-Key when SIGNAL_API_KEY is set (the cluster inherits this environment)."""
+    key = os.environ.get("SIGNAL_API_KEY")
+    return {"X-API-Key": key} if key else {}
+
+
 def warm_up(url: str, n: int = 30) -> None:
     for i in range(n):
-        r = httpx.post(url, json=BODIES[i % len(BODIES)], timeout=60)
+        r = httpx.post(url, json=BODIES[i % len(BODIES)], timeout=60, headers=api_key_headers())
         r.raise_for_status()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from ray import serve
 
 from models.registry import resolve
-from serve_app.core.model import SignalModel
+from serve_app.core.model import ModelLoadError, SignalModel
 from serve_app.core.pipeline import predict_batch
 from serve_app.settings import model_dir
 from serve_app.stage import StageBase
@@ -28,7 +28,12 @@ class MLEngine(StageBase):
         self.model_root = Path(model_root) if model_root else model_dir()
         self.model: SignalModel | None = None
         self.load_error: str | None = None
-        self._load("current")
+        try:
+            self._load("current")
+        except (ModelLoadError, OSError) as e:
+            # fail start-up (Serve reports it as the deployment's status message, and /health shows it)
+            # with the file at fault named, not a bare traceback
+            raise ModelLoadError(f"MLEngine cannot start: {e}") from e
 
     def _load(self, version: str) -> None:
         path = resolve(version, self.model_root)

@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.batcher import AdaptiveBatcher
 from serve_app.core.pipeline import finish_batch
+from serve_app.http_guard import install_guards
 from serve_app.metrics import merge_exposition
 from serve_app.schemas import ErrorBody, SignalRequest, SignalResponse
 from serve_app.stage import StageBase
@@ -29,6 +30,7 @@ api = FastAPI(
     description="Trading signals (BUY/SELL/HOLD) from seven Ray Serve deployments: features, market context, "
                 "XGBoost, portfolio sizing, risk checks and analytics.",
 )
+install_guards(api)  # API key, body limit, content type, strict JSON, no stack traces
 
 
 @serve.deployment
@@ -81,27 +83,49 @@ class Orchestrator(StageBase):
 
     async def _run_stages(self, items: list[dict]) -> list[tuple[int, dict]]:
         """features ∥ market context → ML → portfolio → risk; analytics off the critical path.
-        DeploymentResponses are passed straight into the next handle call, so this awaits once."""
-        f = self.features.compute.remote(items)
-        c = self.market.context.remote(items)
-        p = self.ml.predict.remote(f)
-        s = self.portfolio.size.remote(p, c)
-        r = self.risk.assess.remote(s)
-        try:
-            out = await asyncio.wait_for(r, timeout=self.stage_timeout_s)
-        except asyncio.TimeoutError:
-            r.cancel()
-            stage = await self._failed_stage([("features", f), ("market_context", c), ("ml", p),
-                                              ("portfolio", s), ("risk", r)], timeout=0.0)
-            self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason="timeout")
-            return [(504, {"detail": f"signal pipeline timed out after {self.stage_timeout_s:g} s "
-                                     f"waiting for stage '{stage}'"})] * len(items)
-        except Exception as e:  # a stage raised: name it, never leak a stack trace
-            stage = await self._failed_stage([("features", f), ("market_context", c), ("ml", p),
-                                              ("portfolio", s), ("risk", r)], timeout=1.0)
-            log.exception("pipeline failed in stage %s", stage)
-            self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason=type(e).__name__)
-            return [(500, {"detail": f"internal error in stage '{stage}'"})] * len(items)
+        DeploymentResponses are passed straight into the next handle call, so this awaits once.
+        A batch that failed because a stage's replica died (killed, node lost, restarting) is sent again
+        once - every stage of this chain is idempotent per batch - with its own `stage_timeout_s`; Serve
+        routes the retry to a live replica (or queues it until the replacement is up)."""
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+        def replica_lost(e: BaseException | None) -> bool:
+            seen = 0
+            while e is not None and seen < 8:  # the error itself or what it wraps
+                if isinstance(e, (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)):
+                    return True
+                e, seen = e.__cause__ or e.__context__, seen + 1
+            return False
+
+        for attempt in (1, 2):
+            f = self.features.compute.remote(items)
+            c = self.market.context.remote(items)
+            p = self.ml.predict.remote(f)
+            s = self.portfolio.size.remote(p, c)
+            r = self.risk.assess.remote(s)
+            chain = [("features", f), ("market_context", c), ("ml", p), ("portfolio", s), ("risk", r)]
+            try:
+                out = await asyncio.wait_for(r, timeout=self.stage_timeout_s)
+                break
+            except asyncio.TimeoutError:
+                r.cancel()
+                stage = await self._failed_stage(chain, timeout=0.1)
+                self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason="timeout")
+                return [(504, {"detail": f"signal pipeline timed out after {self.stage_timeout_s:g} s "
+                                         f"waiting for stage '{stage}'"})] * len(items)
+            except Exception as e:  # a stage raised: name it, never leak a stack trace
+                stage = await self._failed_stage(chain, timeout=1.0)
+                self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason=type(e).__name__)
+                if attempt == 1 and replica_lost(e):
+                    log.warning("stage %s lost its replica (%s); retrying the batch of %d once",
+                                stage, type(e).__name__, len(items))
+                    continue
+                if replica_lost(e):  # still no replica after the retry (e.g. it cannot start): 503
+                    log.error("stage %s unavailable: %s", stage, type(e).__name__)
+                    return [(503, {"detail": f"stage '{stage}' is unavailable"})] * len(items)
+                log.exception("pipeline failed in stage %s", stage)
+                return [(500, {"detail": f"internal error in stage '{stage}'"})] * len(items)
         results, records = finish_batch(out, self.timeframe)
         for (symbol, action), n in Counter((r["symbol"], r["action"]) for r in records).items():
             self.metrics.inc("signalgen_signals_total", n, symbol=symbol, action=action)
@@ -120,9 +144,11 @@ class Orchestrator(StageBase):
             await self._persist(records)
 
     async def _failed_stage(self, chain: list[tuple[str, Any]], timeout: float) -> str:
+        """The first stage of the chain that failed or has not answered. Each response gets at least
+        0.1 s: re-reading one that already finished takes a round trip (timeout 0 would blame the first)."""
         for name, resp in chain:
             try:
-                await asyncio.wait_for(resp, timeout=timeout)
+                await asyncio.wait_for(resp, timeout=max(timeout, 0.1))
             except BaseException:  # noqa: BLE001 - the first stage that failed or did not finish
                 return name
         return "orchestrator"
@@ -146,7 +172,24 @@ class Orchestrator(StageBase):
             try:
                 return await asyncio.wait_for(handle.health.remote(), timeout=5.0)
             except Exception as e:
-                return {"ok": False, "reasons": [f"{name} did not answer: {type(e).__name__}"]}
+                reasons = [f"{name} did not answer: {type(e).__name__}"]
+                status = await deployment_status(handle)
+                if status:  # why Serve cannot run it, e.g. the constructor's error naming a model file
+                    reasons.append(f"{name} deployment {status}")
+                return {"ok": False, "reasons": reasons}
+
+        async def deployment_status(handle: DeploymentHandle) -> str | None:
+            """The deployment's status and message from the Serve controller (None if unavailable)."""
+            def read() -> str | None:
+                app = serve.get_replica_context().app_name
+                dep = serve.status().applications[app].deployments[handle.deployment_name]
+                message = " ".join(str(dep.message or "").split())
+                state = getattr(dep.status, "value", dep.status)
+                return f"{state}: {message[-1500:]}" if message else str(state)
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(read), timeout=5.0)
+            except Exception:  # noqa: BLE001 - the status is a hint, /health answers without it
+                return None
 
         names = list(self.stages)
         reports = await asyncio.gather(*(one(n, self.stages[n]) for n in names))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CLASS_NAMES = ("down", "flat", "up")
 SYMBOL_PATTERN = r"^[A-Z0-9]{1,15}$"
+MIN_PRICE = 1e-9  # below this, price ratios underflow; no traded asset is quoted that low
 
 
 class Action(str, Enum):
@@ -26,7 +28,7 @@ class SignalRequest(BaseModel):
 
     symbol: str = Field(..., min_length=1, max_length=15, description="Base asset, e.g. SOL or BTC",
                         examples=["SOL"])
-    price: float = Field(..., gt=0, lt=1e9, allow_inf_nan=False,
+    price: float = Field(..., ge=MIN_PRICE, lt=1e9, allow_inf_nan=False,
                          description="Live price (the current bar's close) in the quote currency",
                          examples=[100.0])
     timestamp: datetime | None = Field(None, description="As-of time (ISO 8601); default: now (UTC)")
@@ -36,13 +38,22 @@ class SignalRequest(BaseModel):
     @field_validator("symbol")
     @classmethod
     def _normalise_symbol(cls, v: str) -> str:
+        if not v.isascii():  # before upper(): "ß".upper() is "SS"
+            raise ValueError("symbol must be 1-15 letters or digits, e.g. SOL")
         v = v.upper()
         for suffix in ("/USDT", "-USDT", "USDT", "/USD", "-USD"):
             if v.endswith(suffix) and len(v) > len(suffix):
                 v = v[: -len(suffix)]
                 break
-        if not v.isascii() or not v.isalnum():
+        if not v.isascii() or not re.fullmatch(SYMBOL_PATTERN, v):
             raise ValueError("symbol must be 1-15 letters or digits, e.g. SOL")
+        return v
+
+    @field_validator("price", "equity", mode="before")
+    @classmethod
+    def _no_booleans(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not true/false")
         return v
 
 

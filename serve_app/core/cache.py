@@ -32,7 +32,9 @@ class CandleCache:
 
     `refresh()` asks the store only for candles at or after each symbol's newest cached open time
     (the current bar may have changed) and for the symbol list; it never raises: a store failure is
-    recorded in `last_error` and the cache keeps serving what it has."""
+    recorded in `last_error` and the cache keeps serving what it has (the pipeline then marks signals
+    `served_from_cache`). A store that cannot be opened is opened again at the next refresh, and an
+    open MySQL store reconnects by itself, so the cache recovers when the database is back."""
 
     def __init__(self, store_factory: Callable[[], Store], timeframe: str, window: int,
                  symbols: list[str] | None = None,
@@ -75,12 +77,26 @@ class CandleCache:
                 self.refreshes += 1
                 ok = True
             except StoreError as e:
+                # the store reconnects by itself on the next call: keep it, keep serving what is cached
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("candle cache refresh failed: %s", self.last_error)
+                ok = False
+            except Exception as e:  # a driver error no backend mapped: never let it kill the refresh thread
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("candle cache refresh failed unexpectedly; reopening the store next time")
+                self._discard_store()
                 ok = False
         if self._on_query is not None:
             self._on_query("refresh_candles", time.perf_counter() - t0, not ok)
         return ok
+
+    def _discard_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.close()
+            except Exception:  # already broken; nothing to release
+                pass
 
     def age_s(self) -> float | None:
         return None if self.last_refresh_ok is None else time.time() - self.last_refresh_ok
@@ -94,7 +110,10 @@ class CandleCache:
 
         def loop() -> None:
             while not stop.wait(interval_s):
-                self.refresh()
+                try:
+                    self.refresh()
+                except Exception:  # e.g. the on_query callback: the loop must outlive any one refresh
+                    log.exception("candle cache refresh loop: unexpected error")
 
         self._thread = threading.Thread(target=loop, name=f"candle-cache-{self.timeframe}", daemon=True)
         self._thread.start()

@@ -58,6 +58,8 @@ def _feature_fields(cache: CandleCache, symbol: str, candles: Any, price: float,
         "atr_pct": atr_pct,
         "candles_cached": len(candles),
         "cache_age_s": cache.age_s(),
+        # the last refresh failed: these candles are the last ones cached, cache_age_s old
+        "store_reachable": cache.last_error is None,
     }
 
 
@@ -182,6 +184,10 @@ def build_response(it: dict[str, Any], timeframe: str, now_ms: int) -> dict[str,
             "vol_cap_fraction": it.get("vol_cap_fraction"),
             "candles_cached": it["candles_cached"],
             "cache_age_s": it["cache_age_s"],
+            # false when the candle cache's last refresh from the store failed: the signal was then
+            # computed from the candles cached before the outage (cache_age_s says how old they are)
+            "store_reachable": it.get("store_reachable", True),
+            "served_from_cache": not it.get("store_reachable", True),
         },
     }
 

@@ -2,8 +2,6 @@
 the shared store contract, plus reconnection and unreachable-server behaviour."""
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from typing import Iterator
@@ -17,6 +15,7 @@ from serve_app.store.mysql_store import MySQLStore
 from serve_app.store.schema import DATA_TABLES
 from tests.conftest import mysql_admin_connection
 from tests.store_contract import T0, StoreContract, candle_rows, make_signal
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.mysql
 
@@ -80,48 +79,6 @@ def test_statement_errors_are_not_mistaken_for_connection_loss(store: MySQLStore
     with pytest.raises(pymysql.err.IntegrityError):
         store.insert_signals([make_signal("bad", T0, symbol=None)])  # NOT NULL
     assert store.connection_id() == before
-
-
-class TcpProxy:
-    """Forwards a local port to the database so a test can cut the network path for good."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._stopped = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except (socket.timeout, OSError):
-                continue
-            upstream = socket.create_connection(self.target)
-            self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._stopped.set()
-        self.listener.close()
-        for s in self._sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
 
 
 def test_lost_connection_that_cannot_be_restored_is_store_unavailable(mysql_settings: StoreSettings) -> None:

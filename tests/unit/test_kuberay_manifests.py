@@ -349,6 +349,8 @@ def test_every_ray_container_gets_config_and_password_by_reference(cluster):
             env = {e["name"]: e for e in c.get("env", [])}
             assert env["MYSQL_PASSWORD"] == {"name": "MYSQL_PASSWORD", "valueFrom": {
                 "secretKeyRef": {"name": SECRET_NAME, "key": SECRET_KEY}}}, (name, c["name"])
+            assert env["SIGNAL_API_KEY"] == {"name": "SIGNAL_API_KEY", "valueFrom": {
+                "secretKeyRef": {"name": "signalgen-api-key", "key": "api-key", "optional": True}}}, (name, c["name"])
     assert {"MYSQL_HOST", "MYSQL_USER", "MYSQL_DATABASE", "LOG_LEVEL", "MODEL_DIR"} <= set(config["data"])
     assert config["data"]["MYSQL_DATABASE"] == "crypto_prices"
     assert not any("PASSWORD" in key.upper() for key in config["data"])

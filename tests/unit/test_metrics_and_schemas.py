@@ -41,6 +41,9 @@ def test_symbol_normalisation(raw, symbol):
     ({"symbol": "'; DROP TABLE candles; --", "price": 1.0}, "symbol"),
     ({"symbol": "SOL", "price": 1.0, "extra": 1}, "extra"),
     ({"symbol": "SOL", "price": 1.0, "equity": 0}, "equity"),
+    ({"symbol": "SOL", "price": 5e-324}, "price"),
+    ({"symbol": "SOL", "price": True}, "price"),
+    ({"symbol": "\u00df", "price": 1.0}, "symbol"),
 ])
 def test_invalid_requests_name_the_field(body, field):
     with pytest.raises(ValidationError) as e:
