@@ -80,8 +80,11 @@ def scan(path: str, lines: list[str]) -> list[str]:
     return found
 
 
+SELF = str(Path(__file__).resolve().relative_to(ROOT))  # its fake credentials exercise the scanner
+
+
 def test_no_credentials_in_tracked_files():
-    files = tracked_files()
+    files = [p for p in tracked_files() if p != SELF]
     assert len(files) > 20
     findings = [f for p in files for f in scan(p, text_lines(p))]
     assert not findings, "credentials in git:\n" + "\n".join(findings)
