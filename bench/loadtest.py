@@ -33,7 +33,6 @@ import yaml
 
 from bench.run import (BODIES, CONFIG, RAY_ENV, RESULTS, MemorySampler, hey_binary, log, machine, ray_cluster,
                        summarize, warm_up)
-from scripts.ray_procs import pids_of
 from scripts.serve_rest import deploy, free_port
 
 
@@ -77,33 +76,6 @@ def seed_test(url: str) -> dict[str, Any]:
     return merge([r], r["wall"])
 
 
-class RssSeries:
-    """Summed RSS of the cluster's processes every `period_s` (MemorySampler's process-tree walk)."""
-
-    def __init__(self, marker: str, period_s: float):
-        self.marker, self.period_s = marker, period_s
-        self.samples: list[tuple[float, float, int]] = []  # (t since start, MB, processes)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        t0 = time.monotonic()
-        while True:
-            pids = pids_of(self.marker)
-            self.samples.append((round(time.monotonic() - t0, 1), round(MemorySampler._tree_rss_mb(pids), 1),
-                                 len(pids)))
-            if self._stop.wait(self.period_s):
-                return
-
-    def __enter__(self) -> "RssSeries":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def soak(url: str, marker: str, seconds: float, rate: float, concurrency: int, sample_s: float) -> dict[str, Any]:
     """One hey per symbol, `concurrency` workers each, `-q` per worker so the total is `rate` req/s."""
     qps = max(1.0, rate / (len(BODIES) * concurrency))
@@ -113,7 +85,7 @@ def soak(url: str, marker: str, seconds: float, rate: float, concurrency: int, s
         runs[i] = hey(url, BODIES[i], ["-z", f"{seconds:g}s", "-c", str(concurrency), "-q", f"{qps:g}"],
                       timeout_s=seconds + 300)
 
-    with RssSeries(marker, sample_s) as rss:
+    with MemorySampler(marker, sample_s) as rss:
         threads = [threading.Thread(target=one, args=(i,)) for i in range(len(BODIES))]
         for t in threads:
             t.start()

@@ -139,11 +139,12 @@ def warm_up(url: str, n: int = 30) -> None:
 
 # ------------------------------------------------------------------------------------------ memory
 class MemorySampler:
-    """Peak of the summed RSS of a Ray cluster's processes (those naming its temp dir, and descendants)."""
+    """Summed RSS of a Ray cluster's processes (those naming its temp dir, and descendants), sampled every
+    `period_s` from the start: `samples` = [(seconds since start, MB, root processes)], `peak_mb` their max."""
 
     def __init__(self, marker: str, period_s: float = 0.5):
         self.marker, self.period_s = marker, period_s
-        self.peak_mb = 0.0
+        self.samples: list[tuple[float, float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -172,9 +173,17 @@ class MemorySampler:
             stack.extend(children.get(pid, []))
         return sum(rss.get(p, 0) for p in seen) / 1024.0
 
+    @property
+    def peak_mb(self) -> float:
+        return max((mb for _, mb, _ in self.samples), default=0.0)
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.period_s):
-            self.peak_mb = max(self.peak_mb, self._tree_rss_mb(pids_of(self.marker)))
+        t0 = time.monotonic()
+        while True:
+            pids = pids_of(self.marker)
+            self.samples.append((round(time.monotonic() - t0, 1), round(self._tree_rss_mb(pids), 1), len(pids)))
+            if self._stop.wait(self.period_s):
+                return
 
     def __enter__(self) -> "MemorySampler":
         self._thread.start()
