@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from ray import serve
 
 from serve_app.core.cache import CandleCache
-from serve_app.core.market import MarketConfig, MarketSnapshot, build_snapshot
-from serve_app.core.pipeline import market_batch
+from serve_app.core.market import MarketConfig, MarketSnapshot
+from serve_app.core.pipeline import market_batch, refresh_market
 from serve_app.stage import StageBase
-from serve_app.store import StoreError, open_store
+from serve_app.store import open_store
 
 
 @serve.deployment
@@ -36,26 +35,9 @@ class MarketContext(StageBase):
             self._refresh()
 
     def _refresh(self) -> None:
-        self.cache.refresh()
-        now_ms = int(time.time() * 1000)
-        since = now_ms - int(self.cfg.news_lookback_hours * 3_600_000) - 86_400_000
-        t0 = time.perf_counter()
-        try:
-            with self.cache.lock:
-                news = self.cache.store.load_news(since)
-            self.news_error = None
-            self.record_query("load_news", time.perf_counter() - t0)
-        except StoreError as e:
-            self.news_error = f"{type(e).__name__}: {e}"
-            self.record_query("load_news", time.perf_counter() - t0, failed=True)
-            if self.snapshot is not None:
-                return  # keep serving the last snapshot
-            news = []
-        closes = {s: c.close for s, c in self.cache.data.items()}
-        if closes:
-            snap = build_snapshot(closes, news, self.cfg, now_ms)
-            with self._lock:
-                self.snapshot = snap
+        snap, self.news_error = refresh_market(self.cache, self.cfg, self.snapshot, on_query=self.record_query)
+        with self._lock:
+            self.snapshot = snap
 
     async def context(self, requests: list[dict]) -> list[dict]:
         with self.timed():

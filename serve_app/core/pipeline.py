@@ -94,6 +94,30 @@ def request_time_ms(r: dict) -> int:
     return int(r.get("asof_ms") or time.time() * 1000)
 
 
+def refresh_market(cache: CandleCache, cfg: MarketConfig, previous: MarketSnapshot | None,
+                   on_query: Callable[[str, float, bool], None] | None = None
+                   ) -> tuple[MarketSnapshot | None, str | None]:
+    """Refresh the candles, load recent news and build the market snapshot (off the request path).
+    Returns (snapshot, news error). When news cannot be read, the previous snapshot is kept if there is
+    one; otherwise a snapshot without news is built from the candles."""
+    cache.refresh()
+    now_ms = int(time.time() * 1000)
+    since = now_ms - int(cfg.news_lookback_hours * 3_600_000) - 86_400_000
+    t0 = time.perf_counter()
+    try:
+        with cache.lock:
+            news = cache.store.load_news(since)
+        error = None
+    except StoreError as e:
+        news, error = [], f"{type(e).__name__}: {e}"
+    if on_query is not None:
+        on_query("load_news", time.perf_counter() - t0, error is not None)
+    if error is not None and previous is not None:
+        return previous, error
+    closes = {s: c.close for s, c in cache.data.items()}
+    return (build_snapshot(closes, news, cfg, now_ms) if closes else previous), error
+
+
 def market_batch(snapshot: MarketSnapshot | None, cfg: MarketConfig, requests: list[dict],
                  unavailable: str = "") -> list[dict]:
     if snapshot is None:
@@ -226,16 +250,7 @@ class LocalPipeline:
 
     def refresh(self) -> None:
         """Candles and news into memory (call it off the request path, e.g. on a timer)."""
-        self.cache.refresh()
-        now_ms = int(time.time() * 1000)
-        try:
-            with self.cache.lock:
-                news = self.cache.store.load_news(now_ms - int(self.market.news_lookback_hours * 3_600_000))
-        except StoreError:
-            news = []
-        closes = {s: c.close for s, c in self.cache.data.items()}
-        if closes:
-            self.snapshot = build_snapshot(closes, news, self.market, now_ms)
+        self.snapshot, _ = refresh_market(self.cache, self.market, self.snapshot)
 
     def run(self, requests: list[dict]) -> list[tuple[int, dict]]:
         items = compute_features_batch(self.cache, requests)

@@ -117,3 +117,23 @@ def test_batch_features_equal_one_by_one_and_keep_errors_in_place(store):
             one = feature_result(cache, r["symbol"], r["price"])
             np.testing.assert_allclose(b["features"], one["features"], rtol=1e-12)
             assert b["atr"] == pytest.approx(one["atr"]) and b["price"] == r["price"]
+
+
+def test_refresh_market_keeps_the_last_snapshot_when_news_fails(store):
+    from serve_app.core.market import MarketConfig
+    from serve_app.core.pipeline import refresh_market
+
+    calls = []
+    cache = CandleCache(lambda: store, "1h", window=300)
+    snap, err = refresh_market(cache, MarketConfig(), None, on_query=lambda op, s, failed: calls.append((op, failed)))
+    assert err is None and snap is not None and set(snap.series) == {"BTC", "SOL", "NEW"}
+    assert ("load_news", False) in calls
+
+    def no_news(since_ms, symbols=None):
+        raise StoreUnavailable("news table unreachable")
+
+    store.load_news = no_news
+    again, err = refresh_market(cache, MarketConfig(), snap)
+    assert again is snap and "news table unreachable" in err
+    fresh, err = refresh_market(cache, MarketConfig(), None)  # nothing to keep: candles without news
+    assert fresh is not None and fresh.all_news_score.size == 0 and err
