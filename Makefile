@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: run test setup venv seed-db train model stop clean help bench loadtest kuberay kuberay-check
+.PHONY: hey run test setup venv seed-db train model stop clean help bench loadtest kuberay kuberay-check
 
 help:
 	@echo "make run      set up (venv, sample data, default model) and serve on http://127.0.0.1:8000"
@@ -61,20 +61,21 @@ kuberay-check: venv
 	$(PY) kuberay/generate.py --check
 
 # Benchmark (not part of the tests): graph vs no-op Serve ingress vs one uvicorn process vs in-process.
-bench: setup
+# hey (HTTP load generator, Debian package) drives the benchmark, the load test and the replica-fault test.
+hey:
 	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; \
 		(apt-get update -qq && apt-get install -y -qq hey) >/dev/null; }
+
+bench: setup hey
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # Load test (not part of the tests): the seed's hey -n 1000 -c 10 with zero errors, then a 5-minute soak at a
 # steady rate with Ray's memory sampled (growth <= 10%); writes bench/results/loadtest.json, exit 1 on a miss.
 LOADTEST_ARGS ?=
-loadtest: setup
-	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; \
-		(apt-get update -qq && apt-get install -y -qq hey) >/dev/null; }
+loadtest: setup hey
 	$(PY) -m bench.loadtest $(LOADTEST_ARGS)
 
-test: venv
+test: venv hey
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -35,7 +35,11 @@ class AppArgs(BaseModel):
     pipeline_max_in_flight: int = Field(1, ge=1, le=64,
                                         description="pipeline batches an ingress replica runs at once; a request "
                                                     "arriving while they run joins the next batch")
-    stage_timeout_s: float = Field(10.0, gt=0)
+    stage_timeout_s: float = Field(10.0, gt=0, description="a pipeline batch waiting longer for a stage ends in 504")
+    replacement_wait_s: float = Field(
+        20.0, ge=0, description="a batch that lost a stage replica is retried until this long after the loss "
+                                "(Serve queues it until a replacement is up); keep it below the proxy's "
+                                "request_timeout_s")
     model_root: str | None = Field(None, description="model registry directory (default: MODEL_DIR or models/artifacts)")
     market_history: int = Field(1000, ge=100, description="candles per symbol kept by MarketContext")
     trade: TradeConfig = Field(default_factory=TradeConfig)
@@ -60,4 +64,4 @@ def build_app(args: AppArgs | dict | None = None):
     return Orchestrator.bind(features, market, ml, portfolio, risk, analytics, timeframe=a.timeframe,
                              max_batch_size=a.pipeline_max_batch_size,
                              max_in_flight=a.pipeline_max_in_flight,
-                             stage_timeout_s=a.stage_timeout_s)
+                             stage_timeout_s=a.stage_timeout_s, replacement_wait_s=a.replacement_wait_s)

@@ -41,7 +41,7 @@ class Orchestrator(StageBase):
     def __init__(self, features: DeploymentHandle, market: DeploymentHandle, ml: DeploymentHandle,
                  portfolio: DeploymentHandle, risk: DeploymentHandle, analytics: DeploymentHandle,
                  timeframe: str = "1h", max_batch_size: int = 32, max_in_flight: int = 1,
-                 stage_timeout_s: float = 10.0, analytics_send_s: float = 0.05):
+                 stage_timeout_s: float = 10.0, replacement_wait_s: float = 20.0, analytics_send_s: float = 0.05):
         self._init_stage()
         self.stages = {"features": features, "market_context": market, "ml": ml, "portfolio": portfolio,
                        "risk": risk, "analytics": analytics}
@@ -49,6 +49,7 @@ class Orchestrator(StageBase):
         self.portfolio, self.risk, self.analytics = portfolio, risk, analytics
         self.timeframe = timeframe
         self.stage_timeout_s = stage_timeout_s
+        self.replacement_wait_s = replacement_wait_s
         self.batcher = AdaptiveBatcher(self.pipeline, max_batch_size=max_batch_size, max_in_flight=max_in_flight)
         self._outbox: list[dict] = []  # signals answered but not yet handed to Analytics
         self._sender: asyncio.Task | None = None
@@ -84,45 +85,58 @@ class Orchestrator(StageBase):
     async def _run_stages(self, items: list[dict]) -> list[tuple[int, dict]]:
         """features ∥ market context → ML → portfolio → risk; analytics off the critical path.
         DeploymentResponses are passed straight into the next handle call, so this awaits once.
-        A batch that failed because a stage's replica died (killed, node lost, restarting) is sent again
-        once - every stage of this chain is idempotent per batch - with its own `stage_timeout_s`; Serve
-        routes the retry to a live replica (or queues it until the replacement is up)."""
+        A batch that failed because a stage's replica died (killed, node lost, restarting) is sent again -
+        every stage of this chain is idempotent per batch - until `replacement_wait_s` after the first
+        failure: Serve routes the retry to a live replica, or queues it until the controller has started a
+        replacement (with one replica per stage that takes seconds, so the batch waits instead of failing)."""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
-        def replica_lost(e: BaseException | None) -> bool:
+        def caused_by(e: BaseException | None, kinds: tuple[type, ...]) -> bool:
             seen = 0
             while e is not None and seen < 8:  # the error itself or what it wraps
-                if isinstance(e, (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)):
+                if isinstance(e, kinds):
                     return True
                 e, seen = e.__cause__ or e.__context__, seen + 1
             return False
 
-        for attempt in (1, 2):
+        retry_until: float | None = None  # set at the first lost replica
+        attempt = 0
+        while True:
+            attempt += 1
             f = self.features.compute.remote(items)
             c = self.market.context.remote(items)
             p = self.ml.predict.remote(f)
             s = self.portfolio.size.remote(p, c)
             r = self.risk.assess.remote(s)
             chain = [("features", f), ("market_context", c), ("ml", p), ("portfolio", s), ("risk", r)]
+            timeout = self.stage_timeout_s if retry_until is None else \
+                max(self.stage_timeout_s, retry_until - time.monotonic())
             try:
-                out = await asyncio.wait_for(r, timeout=self.stage_timeout_s)
+                out = await asyncio.wait_for(r, timeout=timeout)
                 break
             except asyncio.TimeoutError:
                 r.cancel()
                 stage = await self._failed_stage(chain, timeout=0.1)
                 self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason="timeout")
-                return [(504, {"detail": f"signal pipeline timed out after {self.stage_timeout_s:g} s "
+                return [(504, {"detail": f"signal pipeline timed out after {timeout:g} s "
                                          f"waiting for stage '{stage}'"})] * len(items)
             except Exception as e:  # a stage raised: name it, never leak a stack trace
                 stage = await self._failed_stage(chain, timeout=1.0)
                 self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason=type(e).__name__)
-                if attempt == 1 and replica_lost(e):
-                    log.warning("stage %s lost its replica (%s); retrying the batch of %d once",
-                                stage, type(e).__name__, len(items))
-                    continue
-                if replica_lost(e):  # still no replica after the retry (e.g. it cannot start): 503
-                    log.error("stage %s unavailable: %s", stage, type(e).__name__)
+                if caused_by(e, (DeploymentUnavailableError,)):  # failed to deploy: waiting will not help
+                    log.error("stage %s unavailable: its deployment is not running", stage)
+                    return [(503, {"detail": f"stage '{stage}' is unavailable"})] * len(items)
+                if caused_by(e, (RayActorError, ReplicaUnavailableError)):  # a replica died: retry
+                    now = time.monotonic()
+                    retry_until = retry_until or now + self.replacement_wait_s
+                    if now < retry_until:
+                        log.warning("stage %s lost its replica (%s); retrying the batch of %d (attempt %d)",
+                                    stage, type(e).__name__, len(items), attempt + 1)
+                        await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0, max(retry_until - now, 0)))
+                        continue
+                    # no replica came back in time (e.g. it cannot start): 503
+                    log.error("stage %s unavailable after %d attempts: %s", stage, attempt, type(e).__name__)
                     return [(503, {"detail": f"stage '{stage}' is unavailable"})] * len(items)
                 log.exception("pipeline failed in stage %s", stage)
                 return [(500, {"detail": f"internal error in stage '{stage}'"})] * len(items)
