@@ -1,0 +1,17 @@
+"""`signalgen train`: models.train's command line under the toolkit (same options, same code)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on the configured store (python -m models.train)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from models.train import main
+
+    return main(args.rest)
