@@ -10,14 +10,13 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.core.analytics import WriteBehindBuffer, score_signals, summarize
+from serve_app.core.analytics import WriteBehindBuffer, score_pending, summarize
 from serve_app.settings import spill_dir as default_spill_dir
 from serve_app.stage import StageBase
 from serve_app.store import StoreError, open_store
+from serve_app.store.sample_data import timeframe_ms
 
 log = logging.getLogger("ray.serve")
-
-TIMEFRAME_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000}
 
 
 @serve.deployment
@@ -28,7 +27,8 @@ class Analytics(StageBase):
                  spill_dir: str | None = None):
         self._init_stage()
         self.timeframe = timeframe
-        self.horizon_ms = outcome_horizon_candles * TIMEFRAME_MS.get(timeframe, 3_600_000)
+        self.horizon_candles = outcome_horizon_candles
+        self.horizon_ms = outcome_horizon_candles * timeframe_ms(timeframe)
         spill = Path(spill_dir) if spill_dir else default_spill_dir()
         self.buffer = WriteBehindBuffer(spill / f"signals-{uuid.uuid4().hex[:12]}.jsonl")
         self.store = None  # opened lazily so the replica starts while the database is down
@@ -83,13 +83,7 @@ class Analytics(StageBase):
         now_ms = int(time.time() * 1000)
         with self._store_lock:
             store = self._get_store()
-            pending = store.signals_without_outcome(now_ms - self.horizon_ms)
-            if pending:
-                first = min(int(s["generated_at_ms"]) for s in pending)
-                candles = {sym: store.load_candles(sym, self.timeframe, since_ms=first)
-                           for sym in {s["symbol"] for s in pending}}
-                outcomes = score_signals(pending, candles, self.horizon_ms, now_ms)
-                store.insert_outcomes(outcomes)
+            score_pending(store, self.timeframe, self.horizon_candles, now_ms)
             rows = store.load_performance_rows(since_ms)
         report = summarize(rows)
         report["horizon_ms"] = self.horizon_ms

@@ -1,4 +1,6 @@
-"""Analytics core: the write-behind signal buffer (nothing accepted is lost) and performance scoring.
+"""Analytics core: the write-behind signal buffer (nothing accepted is lost), outcome scoring
+(`score_signals`, `score_pending`) and the performance summary (`summarize`, also what
+`signalgen report` prints).
 
 No ray import. The Analytics deployment owns one WriteBehindBuffer and calls `flush()` from a background
 task; on shutdown it flushes, and whatever the store cannot take is spilled to a JSONL journal that the
@@ -11,12 +13,14 @@ import math
 import os
 import threading
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from serve_app.store.base import Candles, StoreError
+from serve_app.store.base import Candles, Store, StoreError
+from serve_app.store.sample_data import timeframe_ms
 
 
 class WriteBehindBuffer:
@@ -94,10 +98,11 @@ class WriteBehindBuffer:
 
 
 def score_signals(signals: Sequence[dict[str, Any]], candles: dict[str, Candles], horizon_ms: int,
-                  now_ms: int) -> list[dict[str, Any]]:
+                  now_ms: int, horizon_candles: int | None = None) -> list[dict[str, Any]]:
     """Outcome of each past signal: the close of the first candle opening at or after
     generated_at + horizon, against the signal's price. A BUY hits when the price rose, a SELL when it
-    fell; a HOLD hits when the price moved less than 0.5% either way."""
+    fell; a HOLD hits when the price moved less than 0.5% either way. `horizon_candles` is recorded
+    with each outcome."""
     out = []
     for s in signals:
         c = candles.get(s["symbol"])
@@ -115,41 +120,94 @@ def score_signals(signals: Sequence[dict[str, Any]], candles: dict[str, Candles]
             hit = ret < 0
         else:
             hit = abs(ret) < 0.005
-        out.append({"signal_id": s["signal_id"], "horizon_candles": None, "entry_price": entry,
+        out.append({"signal_id": s["signal_id"], "horizon_candles": horizon_candles, "entry_price": entry,
                     "exit_price": exit_, "realized_return": ret, "hit": bool(hit), "evaluated_at_ms": now_ms})
     return out
 
 
+def score_pending(store: Store, timeframe: str, horizon_candles: int, now_ms: int, page: int = 1000) -> int:
+    """Score every stored signal without an outcome whose horizon (`horizon_candles` candles of
+    `timeframe`) has passed, against the store's candles, and store the outcomes; returns how many were
+    written. A signal whose exit candle is not in the store yet stays unscored for a later run."""
+    horizon_ms = horizon_candles * timeframe_ms(timeframe)
+    written = 0
+    while True:
+        pending = store.signals_without_outcome(now_ms - horizon_ms, limit=page)
+        if not pending:
+            return written
+        first = min(int(s["generated_at_ms"]) for s in pending)
+        candles = {sym: store.load_candles(sym, timeframe, since_ms=first) for sym in {s["symbol"] for s in pending}}
+        outcomes = score_signals(pending, candles, horizon_ms, now_ms, horizon_candles)
+        if outcomes:
+            store.insert_outcomes(outcomes)
+            written += len(outcomes)
+        # a full page may hide more; a page where nothing could be scored would come back unchanged
+        if len(pending) < page or not outcomes:
+            return written
+
+
+def confidence_bucket(confidence: float) -> tuple[float, float]:
+    """The tenth [lower, upper) that holds a confidence; 1.0 belongs to the last one, [0.9, 1.0]."""
+    i = min(math.floor(round(float(confidence) * 10, 9)), 9)
+    return i / 10, (i + 1) / 10
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Hit rate and average directional return overall, by symbol, by action and by confidence bucket.
+    """Realised performance overall, by symbol, by action, by confidence bucket and by UTC day.
 
-    The directional return is the log return a position in the signal's direction would have made
-    (negated for SELL, zero exposure for HOLD is reported separately)."""
-
-    def agg(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        scored = [r for r in group if r.get("realized_return") is not None]
-        directional = [_directional(r) for r in scored if r["action"] != "HOLD"]
-        return {
-            "signals": len(group),
-            "scored": len(scored),
-            "hit_rate": float(np.mean([bool(r["hit"]) for r in scored])) if scored else None,
-            "avg_return": float(np.mean(directional)) if directional else None,
-        }
-
+    Every group reports: signals, scored (those with an outcome), hits, hit_rate, mean_confidence (over
+    the scored signals, so that it compares with hit_rate), calibration_gap (hit_rate - mean_confidence:
+    negative means over-confident), avg_return and total_return (mean and sum of the directional log
+    return over the scored BUY/SELL signals: the log return a position in the signal's direction made,
+    negated for SELL; HOLD has no exposure) and directional (how many signals those two are over).
+    A confidence bucket also has its bounds, lower and upper (keys "0.6-0.7": confidences in [0.6, 0.7)).
+    `calibration_error` is the mean |calibration_gap| of the buckets, weighted by their scored signals."""
     by_symbol: dict[str, list] = defaultdict(list)
     by_action: dict[str, list] = defaultdict(list)
-    by_bucket: dict[str, list] = defaultdict(list)
+    by_bucket: dict[tuple[float, float], list] = defaultdict(list)
+    by_day: dict[str, list] = defaultdict(list)
     for r in rows:
         by_symbol[r["symbol"]].append(r)
         by_action[r["action"]].append(r)
-        lo = min(int(float(r["confidence"]) * 10), 9) / 10
-        by_bucket[f"{lo:.1f}-{lo + 0.1:.1f}"].append(r)
+        by_bucket[confidence_bucket(r["confidence"])].append(r)
+        if r.get("generated_at_ms") is not None:
+            by_day[_utc_day(int(r["generated_at_ms"]))].append(r)
+    buckets = {f"{lo:.1f}-{hi:.1f}": {"lower": lo, "upper": hi, **_agg(v)} for (lo, hi), v in sorted(by_bucket.items())}
+    gaps = [(b["scored"], abs(b["calibration_gap"])) for b in buckets.values() if b["scored"]]
+    times = [int(r["generated_at_ms"]) for r in rows if r.get("generated_at_ms") is not None]
     return {
-        "overall": agg(rows),
-        "by_symbol": {k: agg(v) for k, v in sorted(by_symbol.items())},
-        "by_action": {k: agg(v) for k, v in sorted(by_action.items())},
-        "by_confidence": {k: agg(v) for k, v in sorted(by_bucket.items())},
+        "overall": _agg(rows),
+        "by_symbol": {k: _agg(v) for k, v in sorted(by_symbol.items())},
+        "by_action": {k: _agg(v) for k, v in sorted(by_action.items())},
+        "by_confidence": buckets,
+        "by_day": {k: _agg(v) for k, v in sorted(by_day.items())},
+        "calibration_error": sum(n * g for n, g in gaps) / sum(n for n, _ in gaps) if gaps else None,
+        "first_signal_ms": min(times) if times else None,
+        "last_signal_ms": max(times) if times else None,
     }
+
+
+def _agg(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    scored = [r for r in group if r.get("realized_return") is not None]
+    directional = [_directional(r) for r in scored if r["action"] != "HOLD"]
+    hits = sum(bool(r["hit"]) for r in scored)
+    hit_rate = hits / len(scored) if scored else None
+    mean_conf = float(np.mean([float(r["confidence"]) for r in scored])) if scored else None
+    return {
+        "signals": len(group),
+        "scored": len(scored),
+        "hits": hits,
+        "hit_rate": hit_rate,
+        "mean_confidence": mean_conf,
+        "calibration_gap": hit_rate - mean_conf if scored else None,
+        "avg_return": float(np.mean(directional)) if directional else None,
+        "total_return": float(np.sum(directional)),
+        "directional": len(directional),
+    }
+
+
+def _utc_day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def _directional(r: dict[str, Any]) -> float:
