@@ -33,7 +33,7 @@ import yaml
 
 from bench.run import (BODIES, CONFIG, RAY_ENV, RESULTS, MemorySampler, hey_binary, log, machine, ray_cluster,
                        summarize, warm_up)
-from scripts.serve_rest import deploy, free_port
+from serve_app.serve_rest import deploy, free_port
 
 
 def hey(url: str, body: dict, args: list[str], timeout_s: float) -> dict[str, Any]:

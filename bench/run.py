@@ -41,7 +41,7 @@ import yaml
 
 from scripts.ray_procs import pids_of
 from scripts.ray_procs import stop as stop_processes
-from scripts.serve_rest import deploy, free_port
+from serve_app.serve_rest import deploy, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

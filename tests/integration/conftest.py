@@ -7,7 +7,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from scripts.serve_rest import deploy, free_port
+from serve_app.serve_rest import deploy, free_port
 from tests.ray_helpers import serve_config_for_test
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
-from scripts.serve_rest import auth_headers, deploy
+from serve_app.serve_rest import auth_headers, deploy
 from serve_app.settings import StoreSettings
 from tests.conftest import mysql_admin_connection
 from tests.integration.conftest import STORE_DOWN_APP

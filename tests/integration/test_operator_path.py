@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.ray_procs import stop as stop_processes
-from scripts.serve_rest import free_port, wait_running
+from serve_app.serve_rest import free_port, wait_running
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from scripts.serve_rest import auth_headers
+from serve_app.serve_rest import auth_headers
 from tests.ray_helpers import serve_config_for_test
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.schemas import SignalResponse
 from tests.integration.conftest import STORE_DOWN_APP
-from scripts.serve_rest import deploy
+from serve_app.serve_rest import deploy
 from tests.ray_helpers import serve_config_for_test
 
 pytestmark = pytest.mark.integration
