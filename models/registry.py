@@ -5,7 +5,9 @@ Layout under a root directory (default: serve_app.settings.model_dir(), env MODE
     <root>/<version>/model.ubj        XGBoost artifact (UBJSON; .json also accepted when loading)
     <root>/<version>/metadata.json    feature names, classes, label spec, temperature, metrics, sha256
     <root>/<version>/report.json|txt  optional training report
+    <root>/<version>/evaluation.json  optional evaluation summary (`signalgen evaluate`, attach_file)
     <root>/CURRENT                    one line: the version served as "current"
+    <root>/HISTORY.jsonl              one JSON object a line per promotion/rollback (`signalgen models`)
 
 Versions are `v<YYYYmmdd>-<HHMMSS>-<8 hex of the artifact's sha256>` (UTC): they sort by creation time
 and name their content. A version directory is written under a temporary name and renamed into place,
@@ -27,7 +29,9 @@ from typing import Any, Mapping
 from serve_app import settings
 
 CURRENT_FILE = "CURRENT"
+HISTORY_FILE = "HISTORY.jsonl"
 METADATA_FILE = "metadata.json"
+EVALUATION_FILE = "evaluation.json"
 MODEL_FILES = ("model.ubj", "model.json")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -114,6 +118,28 @@ def save_version(booster: Any, metadata: Mapping[str, Any], root: str | os.PathL
     return final
 
 
+def attach_file(version: str, name: str, content: str | bytes, root: str | os.PathLike | None = None) -> Path:
+    """Add or replace one extra file (e.g. an evaluation summary) in an existing version directory,
+    atomically. The model artifact and metadata.json cannot be replaced this way."""
+    vdir = resolve(version, root)
+    if "/" in name or name in (METADATA_FILE, *MODEL_FILES) or name.startswith(".") or not name:
+        raise ValueError(f"invalid extra file name {name!r}")
+    path = vdir / name
+    if isinstance(content, bytes):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=vdir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        _atomic_write_text(path, content)
+    return path
+
+
 def _json_default(o: Any) -> Any:
     # numpy scalars / arrays in metrics
     if hasattr(o, "tolist"):
@@ -127,6 +153,22 @@ def read_metadata(version_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(version_dir) / METADATA_FILE
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_evaluation(version_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The version's evaluation.json, or None when it has none. Raises ValueError naming the file when
+    it is not a JSON object."""
+    path = Path(version_dir) / EVALUATION_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must be a JSON object")
+    return data
 
 
 def current_version(root: str | os.PathLike | None = None) -> str | None:
@@ -158,8 +200,10 @@ def _version_dirs(root_dir: Path) -> list[Path]:
 
 def list_versions(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """One summary dict per version, oldest first: version, path, created_at, current, timeframe,
-    symbols, label, n_train/n_test, temperature, test accuracy/log_loss, baseline accuracies.
-    A version whose metadata cannot be read is listed with an `error`."""
+    symbols, label, n_train/n_test, temperature, test accuracy/log_loss, baseline accuracies and
+    log-losses, evaluation (the evaluation.json document or None).
+    A version whose metadata cannot be read is listed with an `error` (an unreadable evaluation.json
+    with an `evaluation_error`)."""
     root_dir = _root(root)
     cur = current_version(root_dir)
     out: list[dict[str, Any]] = []
@@ -173,6 +217,10 @@ def list_versions(root: str | os.PathLike | None = None) -> list[dict[str, Any]]
             continue
         metrics = m.get("metrics") or {}
         baselines = m.get("baselines") or {}
+        try:
+            evaluation = read_evaluation(d)
+        except (OSError, ValueError) as e:
+            evaluation, item["evaluation_error"] = None, str(e)
         item.update({
             "created_at": m.get("created_at"),
             "timeframe": m.get("timeframe"),
@@ -185,6 +233,9 @@ def list_versions(root: str | os.PathLike | None = None) -> list[dict[str, Any]]
             "log_loss": metrics.get("log_loss"),
             "baseline_accuracy": {k: (v.get("accuracy") if isinstance(v, dict) else v)
                                   for k, v in baselines.items()},
+            "baseline_log_loss": {k: v.get("log_loss", v.get("log_loss_train_prior")) for k, v in baselines.items()
+                                  if isinstance(v, dict) and ("log_loss" in v or "log_loss_train_prior" in v)},
+            "evaluation": evaluation,
         })
         out.append(item)
     return out
@@ -211,3 +262,70 @@ def resolve(version: str | None = None, root: str | os.PathLike | None = None) -
     if not vdir.is_dir():
         raise FileNotFoundError(f"model version {version!r} not found: {vdir} does not exist")
     return vdir
+
+
+# --- promotion history -----------------------------------------------------------------------------
+def read_history(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The promotions and rollbacks recorded in <root>/HISTORY.jsonl, oldest first ([] when none).
+    Raises ValueError naming the file and line of an entry that is not a JSON object."""
+    path = _root(root) / HISTORY_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON: {e}") from e
+        if not isinstance(entry, dict) or not entry.get("version"):
+            raise ValueError(f"{path}:{n}: expected an object with a 'version'")
+        out.append(entry)
+    return out
+
+
+def promote(version: str, action: str = "promote", by: str | None = None,
+            root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Point CURRENT at `version` and append {version, previous, action, at, by} to HISTORY.jsonl;
+    returns that entry. Checks nothing about the artifact: the caller decides it is servable."""
+    root_dir = _root(root)
+    previous = current_version(root_dir)
+    set_current(version, root_dir)
+    entry = {"version": version, "previous": previous, "action": action,
+             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "by": by}
+    with open(root_dir / HISTORY_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return entry
+
+
+def promotion_stack(history: list[Mapping[str, Any]], current: str | None = None) -> list[str]:
+    """Versions served one after another, the one served now last: a promotion pushes its version (on
+    top of the one it replaced), a rollback pops back down to its version. `current` (CURRENT, when it
+    was switched outside the history, e.g. by training) goes on top."""
+    stack: list[str] = []
+    for e in history:
+        version, previous = e["version"], e.get("previous")
+        if e.get("action") == "rollback":
+            while stack and stack[-1] != version:
+                stack.pop()
+            if not stack:
+                stack.append(version)
+            continue
+        if previous and (not stack or stack[-1] != previous):
+            stack.append(previous)
+        stack.append(version)
+    if current and (not stack or stack[-1] != current):
+        stack.append(current)
+    return stack
+
+
+def rollback_target(root: str | os.PathLike | None = None) -> str | None:
+    """The version a rollback returns to: the one served before the current one, or None."""
+    root_dir = _root(root)
+    stack = promotion_stack(read_history(root_dir), current_version(root_dir))
+    return stack[-2] if len(stack) >= 2 else None

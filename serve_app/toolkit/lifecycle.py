@@ -1,0 +1,403 @@
+"""`signalgen models list | promote VERSION | rollback`: the model registry's lifecycle.
+
+The registry is MODEL_DIR (default models/artifacts; on Kubernetes the models PVC): one directory per
+version, CURRENT, HISTORY.jsonl (models/registry.py). `promote` checks that the serving code can load the
+version (feature list, classes, artifact: SignalModel.load), points CURRENT at it, records the promotion,
+and sets `model_version` in the MLEngine's user_config of the running application(s): Serve then calls
+MLEngine.reconfigure in place on every replica, so the new model is served without a restart or a
+failed request. The running config is changed the way the KubeRay operator changes it: the live
+declarative config is read from the dashboard (GET /api/serve/applications/?api_type=declarative) and PUT
+back whole with only that one key changed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import getpass
+import json
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+BUILD_APP = "serve_app.app:build_app"
+ML_DEPLOYMENT = "MLEngine"
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+REDACTED = "<redacted>"  # what the dashboard shows browsers instead of runtime_env values
+
+
+class LifecycleError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+class NoRunningApp(Exception):
+    """No dashboard answers at the address, or no application there is built from serve_app.app:build_app."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registry's model versions, promote one, roll back",
+                       description=__doc__.split("\n\n")[0])
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    ls = msub.add_parser("list", help="versions with metrics, baselines and evaluation summaries")
+    ls.add_argument("--model-dir", help="registry root (default: $MODEL_DIR or models/artifacts)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_list)
+
+    pr = msub.add_parser("promote", help="make VERSION the served model (registry + running app)")
+    pr.add_argument("version", metavar="VERSION", help="a version name, or 'latest'")
+    _deploy_options(pr)
+    pr.set_defaults(func=cmd_promote)
+
+    rb = msub.add_parser("rollback", help="return to the version served before the current one")
+    _deploy_options(rb)
+    rb.set_defaults(func=cmd_rollback)
+
+
+def _deploy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-dir", help="registry root (default: $MODEL_DIR or models/artifacts)")
+    p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", DEFAULT_ADDRESS),
+                   help="Ray dashboard of the running app (default: $RAY_DASHBOARD_ADDRESS or %(default)s)")
+    p.add_argument("--no-deploy", action="store_true", help="change the registry only, not the running app")
+    p.add_argument("--require-deploy", action="store_true",
+                   help="fail (exit 2) when no running app could be updated, instead of a notice")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="also set model_version in this Serve config YAML (a text edit that keeps comments)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the app (default 300)")
+
+
+def _model_root(args: argparse.Namespace) -> Path:
+    from serve_app.settings import model_dir
+
+    return Path(args.model_dir) if args.model_dir else model_dir()
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+# --- list ------------------------------------------------------------------------------------------
+def evaluation_summary(evaluation: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The numbers of evaluation.json's `summary` object (else of the whole document), nested objects
+    flattened to dotted keys (at most three levels), lists left out."""
+    if not evaluation:
+        return {}
+    source = evaluation["summary"] if isinstance(evaluation.get("summary"), dict) else evaluation
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str, depth: int) -> None:
+        for k, v in d.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[prefix + str(k)] = v
+            elif isinstance(v, dict) and depth < 2:
+                walk(v, f"{prefix}{k}.", depth + 1)
+
+    walk(source, "", 0)
+    return out
+
+
+def _num(x: Any, nd: int = 3) -> str:
+    return f"{x:.{nd}f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+
+
+def _symbols(symbols: Any) -> str:
+    if not isinstance(symbols, list) or not symbols:
+        return "-"
+    return ",".join(symbols[:4]) + (f",+{len(symbols) - 4}" if len(symbols) > 4 else "")
+
+
+def format_versions(versions: list[dict[str, Any]], root: Path, rollback_to: str | None) -> str:
+    """The `models list` table: one row per version (* = CURRENT), evaluation summaries under their row."""
+    if not versions:
+        return f"no model versions under {root} (train one with `signalgen train`)"
+    header = ("  VERSION", "CREATED", "SYMBOLS", "TEST ACC", "LOG-LOSS", "BASELINE ACC", "BASELINE LOG-LOSS")
+    rows, notes = [], {}
+    for v in versions:
+        mark = "* " if v.get("current") else "  "
+        if "error" in v:
+            rows.append((mark + v["version"], "-", "-", "-", "-", "-", "-"))
+            notes[len(rows) - 1] = [f"unreadable: {v['error']}"]
+            continue
+        base_acc = " ".join(f"{k}={_num(a)}" for k, a in (v.get("baseline_accuracy") or {}).items()) or "-"
+        base_ll = " ".join(f"{k}={_num(a)}" for k, a in (v.get("baseline_log_loss") or {}).items()) or "-"
+        rows.append((mark + v["version"], str(v.get("created_at") or "-"), _symbols(v.get("symbols")),
+                     _num(v.get("accuracy")), _num(v.get("log_loss")), base_acc, base_ll))
+        summary = evaluation_summary(v.get("evaluation"))
+        lines = []
+        if summary:
+            lines.append("evaluation: " + "  ".join(f"{k}={_num(x) if isinstance(x, float) else x}"
+                                                    for k, x in summary.items()))
+        if v.get("evaluation_error"):
+            lines.append(f"evaluation unreadable: {v['evaluation_error']}")
+        if lines:
+            notes[len(rows) - 1] = lines
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+    for i, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        out += [f"      {n}" for n in notes.get(i, [])]
+    out.append("")
+    out.append(f"registry: {root}   * = CURRENT   rollback returns to: {rollback_to or '(nothing to roll back to)'}")
+    return "\n".join(out)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from models import registry
+
+    root = _model_root(args)
+    try:
+        versions = registry.list_versions(root)
+        rollback_to = registry.rollback_target(root)
+    except (OSError, ValueError) as e:
+        return _fail(str(e))
+    if args.json:
+        for v in versions:
+            v["evaluation"] = evaluation_summary(v.get("evaluation")) or None
+        print(json.dumps({"root": str(root), "current": registry.current_version(root),
+                          "rollback_to": rollback_to, "versions": versions}, indent=2))
+    else:
+        print(format_versions(versions, root, rollback_to))
+    return 0
+
+
+# --- the Serve config: pure transformations --------------------------------------------------------
+def _is_signal_app(app: Mapping[str, Any]) -> bool:
+    return str(app.get("import_path", "")).replace(":", ".") == BUILD_APP.replace(":", ".")
+
+
+def live_deploy_config(details: Mapping[str, Any]) -> dict[str, Any]:
+    """The dashboard's GET /api/serve/applications/?api_type=declarative answer -> the config to PUT back:
+    every application's deployed_app_config (the app-level logging_config already folded in by Serve),
+    with the cluster-wide options the answer carries. Applications being deleted are left out."""
+    apps = []
+    for name, app in (details.get("applications") or {}).items():
+        if app.get("status") == "DELETING":
+            continue
+        if not app.get("deployed_app_config"):
+            raise LifecycleError(f"application {name!r} has no deployed config in the dashboard's answer "
+                                 f"(deployed with serve.run?): cannot re-apply it")
+        apps.append(app["deployed_app_config"])
+    config: dict[str, Any] = {"applications": apps}
+    for key in ("proxy_location", "http_options", "grpc_options", "target_capacity"):
+        if details.get(key) is not None:
+            config[key] = details[key]
+    return config
+
+
+def with_model_version(config: Mapping[str, Any], version: str) -> tuple[dict[str, Any], list[str]]:
+    """A copy of a Serve config with user_config.model_version = version in the MLEngine deployment of
+    every application built from serve_app.app:build_app (added if the app has no MLEngine entry);
+    every other key and application unchanged. Returns (new config, names of the apps changed)."""
+    new = copy.deepcopy(dict(config))
+    names = []
+    for app in new.get("applications") or []:
+        if not _is_signal_app(app):
+            continue
+        deployments = app.setdefault("deployments", [])
+        ml = next((d for d in deployments if d.get("name") == ML_DEPLOYMENT), None)
+        if ml is None:
+            ml = {"name": ML_DEPLOYMENT}
+            deployments.append(ml)
+        ml["user_config"] = {**(ml.get("user_config") or {}), "model_version": version}
+        names.append(app.get("name", "default"))
+    return new, names
+
+
+_MODEL_VERSION = re.compile(r"""(\bmodel_version:[ \t]*)("[^"\n]*"|'[^'\n]*'|[^\s,}#]+)""")
+
+
+def edit_config_text(text: str, version: str, where: str = "config") -> str:
+    """Set model_version in a Serve config YAML by replacing the value after each `model_version:` and
+    nothing else (comments, order and layout stay). Refuses, naming the file, when the result is not
+    exactly with_model_version() of the parsed file (e.g. an MLEngine without a model_version line)."""
+    import yaml
+
+    try:
+        old = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise LifecycleError(f"{where}: not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(old, dict) or not isinstance(old.get("applications"), list):
+        raise LifecycleError(f"{where}: not a Serve config (no `applications` list)")
+    expected, names = with_model_version(old, version)
+    if not names:
+        raise LifecycleError(f"{where}: no application is built from {BUILD_APP}")
+    scalar = version if yaml.safe_load(version) == version else json.dumps(version)
+    new_text = _MODEL_VERSION.sub(lambda m: m.group(1) + scalar, text)
+    if yaml.safe_load(new_text) != expected:
+        raise LifecycleError(f"{where}: cannot set model_version by a text edit: each {ML_DEPLOYMENT} "
+                             f"user_config of {names} needs its own `model_version:` key, and no other key "
+                             f"may be named model_version — edit the file by hand")
+    return new_text
+
+
+def _app_model_root(app: Mapping[str, Any]) -> str | None:
+    """Where an application's ML engine reads models, when its config says so."""
+    env = ((app.get("runtime_env") or {}).get("env_vars")) or {}
+    return (app.get("args") or {}).get("model_root") or env.get("MODEL_DIR")
+
+
+# --- the running application -----------------------------------------------------------------------
+def deploy_model_version(address: str, version: str, root: Path, timeout_s: float,
+                         log: Callable[[str], None] = print) -> list[str]:
+    """Serve `version` in every running application built from serve_app.app:build_app at the dashboard
+    `address`; returns their names once their MLEngine replicas are healthy on it.
+    Raises NoRunningApp when there is nothing to update, LifecycleError when the update is refused or
+    fails (then the previous config is re-applied)."""
+    import httpx
+
+    from serve_app.serve_rest import auth_headers, deploy
+
+    url = f"{address.rstrip('/')}/api/serve/applications/"
+    try:
+        r = httpx.get(url, params={"api_type": "declarative"}, headers=auth_headers(), timeout=10)
+    except httpx.TransportError as e:
+        raise NoRunningApp(f"no Ray dashboard answers at {address} ({type(e).__name__})") from e
+    if r.status_code in (401, 403):
+        raise LifecycleError(f"{address} refused the request (HTTP {r.status_code}): set RAY_AUTH_TOKEN (or "
+                             f"RAY_AUTH_TOKEN_PATH) to the cluster's auth token")
+    if r.status_code != 200:
+        raise LifecycleError(f"GET {url} -> HTTP {r.status_code}: {r.text[:300]}")
+    live = live_deploy_config(r.json())
+    new, names = with_model_version(live, version)
+    if not names:
+        raise NoRunningApp(f"no application built from {BUILD_APP} is deployed at {address}")
+    if REDACTED in json.dumps(live):
+        raise LifecycleError(f"the dashboard at {address} redacted runtime_env values: re-applying its "
+                             f"config would replace them with {REDACTED!r}")
+    for app in new["applications"]:
+        app_root = _app_model_root(app) if _is_signal_app(app) else None
+        if app_root and os.path.abspath(app_root) != os.path.abspath(root):
+            raise LifecycleError(f"application {app.get('name')!r} reads models from {app_root}, this registry "
+                                 f"is {root}: run with MODEL_DIR={app_root} (or --model-dir)")
+    if new == live:
+        log(f"{', '.join(names)} at {address} already configured for {version}")
+        return names
+    log(f"updating {ML_DEPLOYMENT} user_config.model_version={version} in {', '.join(names)} at {address}")
+    try:
+        deploy(address, new, timeout_s)
+        _wait_model_applied(address, names, version, timeout_s, auth_headers)
+    except (httpx.HTTPError, RuntimeError, TimeoutError) as e:
+        restored = "re-applied"
+        try:
+            deploy(address, live, timeout_s)
+        except (httpx.HTTPError, RuntimeError, TimeoutError) as e2:
+            restored = f"could not be re-applied either ({e2})"
+        raise LifecycleError(f"the running app did not take {version}: {e}; the previous config {restored}") from e
+    return names
+
+
+def _wait_model_applied(address: str, names: list[str], version: str, timeout_s: float,
+                        auth_headers: Callable[[], dict[str, str]]) -> None:
+    """Until the MLEngine deployment of each app targets `version` and is HEALTHY again (every replica
+    reconfigured): the app status alone can still read RUNNING from before the controller applied the PUT."""
+    import httpx
+
+    url = f"{address.rstrip('/')}/api/serve/applications/"
+    deadline = time.monotonic() + timeout_s
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, params={"api_type": "declarative"}, headers=auth_headers(), timeout=10)
+            apps = r.json().get("applications", {}) if r.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):  # a dashboard hiccup: ask again
+            apps = {}
+        for name in names:
+            ml = (apps.get(name, {}).get("deployments") or {}).get(ML_DEPLOYMENT) or {}
+            target = ((ml.get("deployment_config") or {}).get("user_config") or {}).get("model_version")
+            state[name] = (apps.get(name, {}).get("status"), ml.get("status"), target)
+        if all(s == ("RUNNING", "HEALTHY", version) for s in state.values()):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{ML_DEPLOYMENT} not HEALTHY on {version} after {timeout_s:.0f} s "
+                       f"(app status, deployment status, model_version): {state}")
+
+
+# --- promote / rollback ----------------------------------------------------------------------------
+def _operator() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def check_servable(version: str, root: Path) -> Path:
+    """The version's directory, if the serving code loads it (feature list, classes, artifact)."""
+    from models import registry
+    from serve_app.core.model import ModelLoadError, SignalModel
+
+    try:
+        vdir = registry.resolve(version, root)
+        SignalModel.load(vdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise LifecycleError(str(e)) from e
+    except ModelLoadError as e:
+        raise LifecycleError(f"{version} cannot be served by this code: {e}") from e
+    return vdir
+
+
+def switch(version: str, root: Path, action: str, address: str, no_deploy: bool = False,
+           require_deploy: bool = False, config_file: Path | None = None, timeout_s: float = 300.0,
+           log: Callable[[str], None] = print) -> int:
+    """promote/rollback: check the version, update the running app, then the registry and --config."""
+    from models import registry
+
+    vdir = check_servable(version, root)
+    version = vdir.name  # 'latest' -> its name
+    new_text = None
+    if config_file is not None:
+        try:
+            new_text = edit_config_text(config_file.read_text(encoding="utf-8"), version, str(config_file))
+        except OSError as e:
+            raise LifecycleError(f"{config_file}: {e.strerror or e}") from e
+    not_deployed = None
+    if no_deploy:
+        not_deployed = "--no-deploy"
+    else:
+        try:
+            deploy_model_version(address, version, root, timeout_s, log)
+        except NoRunningApp as e:
+            if require_deploy:
+                raise LifecycleError(f"{e} (--require-deploy): the registry was not changed") from e
+            not_deployed = str(e)
+    previous = registry.current_version(root)
+    if previous == version:
+        log(f"{version} is already CURRENT in {root}")
+    else:
+        registry.promote(version, action=action, by=_operator(), root=root)
+        log(f"{action}: CURRENT {previous or '(none)'} -> {version} in {root}")
+    if new_text is not None:
+        config_file.write_text(new_text, encoding="utf-8")
+        log(f"{config_file}: model_version: {version}")
+    if not_deployed:
+        log(f"NOTE: no running app was updated ({not_deployed}). A running app keeps its model until its "
+            f"{ML_DEPLOYMENT} user_config.model_version is set to {version} (or, when it is 'current', "
+            f"until its replicas restart)")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    try:
+        return switch(args.version, _model_root(args), "promote", args.address, args.no_deploy,
+                      args.require_deploy, args.config, args.timeout)
+    except (LifecycleError, OSError) as e:
+        return _fail(str(e))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from models import registry
+
+    root = _model_root(args)
+    try:
+        target = registry.rollback_target(root)
+        if target is None:
+            raise LifecycleError(f"nothing to roll back to: {root / registry.HISTORY_FILE} records no version "
+                                 f"served before {registry.current_version(root) or '(no CURRENT)'}")
+        return switch(target, root, "rollback", args.address, args.no_deploy, args.require_deploy,
+                      args.config, args.timeout)
+    except (LifecycleError, ValueError, OSError) as e:  # ValueError: an unreadable HISTORY.jsonl
+        return _fail(str(e))

@@ -1,0 +1,129 @@
+"""`signalgen models promote` / `rollback` against the running application: the ML engine switches model
+through its user_config (the live declarative config re-applied over the dashboard, as KubeRay does)
+while a client keeps sending requests — no failed request, the other application left deployed."""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app.serve_rest import auth_headers
+from serve_app.toolkit import lifecycle
+
+pytestmark = pytest.mark.integration
+
+REQUEST = {"symbol": "SOL", "price": 100.0}
+
+
+def run_models(*argv: str) -> int:
+    ap = argparse.ArgumentParser()
+    lifecycle.register(ap.add_subparsers(required=True))
+    args = ap.parse_args(["models", *argv])
+    return args.func(args)
+
+
+def declarative(dashboard: str) -> dict:
+    r = httpx.get(f"{dashboard}/api/serve/applications/", params={"api_type": "declarative"},
+                  headers=auth_headers(), timeout=10)
+    r.raise_for_status()
+    return r.json()["applications"]
+
+
+def ml_model_version(app: dict) -> str:
+    ml = next(d for d in app["deployed_app_config"]["deployments"] if d["name"] == "MLEngine")
+    return ml["user_config"]["model_version"]
+
+
+class Client(threading.Thread):
+    """POSTs /generate_signal in a loop; records (time sent, model_version) and every failure."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url = url
+        self.stop = threading.Event()
+        self.responses: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as c:
+            while not self.stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = c.post("/generate_signal", json=REQUEST)
+                except httpx.HTTPError as e:
+                    self.failures.append(repr(e))
+                    continue
+                if r.status_code == 200:
+                    self.responses.append((sent, r.json()["model_version"]))
+                else:
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def wait_for(self, version: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not (self.responses and self.responses[-1][1] == version):
+            time.sleep(0.2)
+        assert self.responses and self.responses[-1][1] == version, f"never served {version}: {self.failures[-3:]}"
+
+    def versions_sent_between(self, start: float, end: float) -> set[str]:
+        return {v for t, v in list(self.responses) if start <= t < end}
+
+
+def test_promote_then_rollback_without_downtime(signal_app, monkeypatch):
+    from models import registry
+    from models.train import train
+    from serve_app.settings import StoreSettings
+    from serve_app.store import open_store
+
+    env, dashboard = signal_app["env"], signal_app["dashboard"]
+    root = Path(env["MODEL_DIR"])
+    store = open_store(StoreSettings.from_env(env))
+    try:
+        new = train(store, root=root, n_estimators=30, set_current=False, seed=11).name
+    finally:
+        store.close()
+    old = signal_app["client"].post("/generate_signal", json=REQUEST).json()["model_version"]
+    assert old != new and registry.current_version(root) == old
+    before = declarative(dashboard)
+    assert {"signals", "nodb"} <= set(before)
+
+    monkeypatch.setenv("MODEL_DIR", str(root))
+    client = Client(signal_app["url"])
+    client.start()
+    try:
+        client.wait_for(old)
+        assert run_models("promote", new, "--address", dashboard, "--require-deploy") == 0
+        promoted = time.monotonic()
+        client.wait_for(new)
+        time.sleep(1.0)  # a few more requests on the new model
+        rollback_started = time.monotonic()
+        assert run_models("rollback", "--address", dashboard, "--require-deploy") == 0
+        rolled_back = time.monotonic()
+        client.wait_for(old)
+        time.sleep(1.0)
+    finally:
+        client.stop.set()
+        client.join(60)
+
+    assert client.failures == []
+    switches = [v for i, (_, v) in enumerate(client.responses) if i == 0 or client.responses[i - 1][1] != v]
+    assert switches[0] == old and new in switches and switches[-1] == old
+    # promote/rollback return once every ML replica runs the new model: later requests all carry it
+    assert client.versions_sent_between(promoted, rollback_started) == {new}
+    assert client.versions_sent_between(rolled_back, float("inf")) == {old}
+
+    assert registry.current_version(root) == old
+    history = registry.read_history(root)
+    assert [(h["action"], h["version"], h["previous"]) for h in history[-2:]] == [
+        ("promote", new, old), ("rollback", old, new)]
+
+    after = declarative(dashboard)
+    assert set(after) == set(before) and all(a["status"] == "RUNNING" for a in after.values())
+    for name in ("signals", "nodb"):  # both apps are built from serve_app.app:build_app
+        assert ml_model_version(after[name]) == old
+        # nothing but the model version changed in either application's config
+        expected, _ = lifecycle.with_model_version({"applications": [before[name]["deployed_app_config"]]}, old)
+        assert after[name]["deployed_app_config"] == expected["applications"][0]
