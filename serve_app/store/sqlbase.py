@@ -16,7 +16,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from serve_app.store.base import (
-    OUTCOME_COLUMNS, SIGNAL_COLUMNS, Candles, NewsItem, Store, StoreError,
+    OUTCOME_COLUMNS, SIGNAL_COLUMNS, Candles, NewsItem, Store, StoreError, StoreUnavailable,
 )
 from serve_app.store.schema import (
     CANDLES, MIGRATIONS, NEWS_COLUMNS, NEWS_DEDUP, NEWS_SENTIMENT, SCHEMA_MIGRATIONS, SIGNAL_JSON_COLUMNS,
@@ -152,6 +152,16 @@ class SQLStore(Store):
 
     # ---- schema --------------------------------------------------------------------------------
     def migrate(self) -> None:
+        """Apply the missing migrations. When every one is recorded already this only reads, so a
+        least-privilege user (no CREATE) can open a store an admin has migrated."""
+        try:
+            applied = set(self.applied_versions())
+        except StoreUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - no schema_migrations table yet (or unreadable): create it below
+            applied = set()
+        if all(m.version in applied for m in MIGRATIONS):
+            return
         for stmt in self.dialect.create_table(SCHEMA_MIGRATIONS):
             self._q(stmt, mode="execute")
         applied = set(self.applied_versions())
@@ -237,9 +247,30 @@ class SQLStore(Store):
         return self._q(f"DELETE FROM news_sentiment{_where(conditions)}", params, "execute")
 
     # ---- signals and outcomes -----------------------------------------------------------------
+    def _insert_new(self, table: str, columns: Sequence[str], key: str, params: list[tuple[Any, ...]]) -> int:
+        """INSERT the rows whose `key` is not stored yet; returns how many. Idempotent with only the
+        SELECT and INSERT privileges (an upsert's ON DUPLICATE KEY UPDATE needs UPDATE as well). A row
+        another writer stored between the SELECT and the INSERT makes the INSERT fail on the key: then
+        the missing rows are selected again, once."""
+        k = list(columns).index(key)
+        insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['?'] * len(columns))})"
+        for attempt in (1, 2):
+            keys = list(dict.fromkeys(p[k] for p in params))
+            stored: set[Any] = set()
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                stored.update(r[0] for r in self._q(f"SELECT {key} FROM {table} WHERE {_in_list(key, chunk)}", chunk))
+            new = list({p[k]: p for p in params if p[k] not in stored}.values())
+            try:
+                self._q(insert, new, "executemany")
+                return len(new)
+            except Exception as exc:  # noqa: BLE001 - the DB-API drivers share no IntegrityError base class
+                if attempt == 2 or type(exc).__name__ != "IntegrityError":
+                    raise
+        raise AssertionError("unreachable")
+
     def insert_signals(self, records: Sequence[dict[str, Any]]) -> int:
-        sql = self.dialect.upsert(SIGNALS.name, SIGNAL_COLUMNS, SIGNALS.primary_key)
-        return self._q(sql, [signal_params(r) for r in records], "executemany")
+        return self._insert_new(SIGNALS.name, SIGNAL_COLUMNS, "signal_id", [signal_params(r) for r in records])
 
     def load_signals(self, symbol: str | None = None, since_ms: int | None = None,
                      limit: int | None = None) -> list[dict[str, Any]]:
@@ -271,8 +302,7 @@ class SQLStore(Store):
         return [row_to_dict(SIGNAL_COLUMNS, r, _SIGNAL_BOOLS) for r in rows]
 
     def insert_outcomes(self, rows: Sequence[dict[str, Any]]) -> int:
-        sql = self.dialect.upsert(SIGNAL_OUTCOMES.name, OUTCOME_COLUMNS, SIGNAL_OUTCOMES.primary_key)
-        return self._q(sql, [outcome_params(r) for r in rows], "executemany")
+        return self._insert_new(SIGNAL_OUTCOMES.name, OUTCOME_COLUMNS, "signal_id", [outcome_params(r) for r in rows])
 
     def load_performance_rows(self, since_ms: int | None = None) -> list[dict[str, Any]]:
         """Every signal (generated at or after since_ms), oldest first, LEFT JOINed with its outcome:

@@ -142,3 +142,47 @@ def test_tables_use_utf8mb4(store: MySQLStore, mysql_settings: StoreSettings) ->
     admin.close()
     assert set(collations) >= {t.name for t in DATA_TABLES} | {"schema_migrations"}
     assert all(c.startswith("utf8mb4") for c in collations.values())
+
+
+def test_the_service_runs_with_the_least_privilege_user_from_the_readme(mysql_settings: StoreSettings) -> None:
+    """The README's grants (SELECT on market data and schema_migrations, SELECT + INSERT on signals and
+    outcomes) suffice for everything a serving replica does, and nothing more is allowed."""
+    import secrets
+
+    from serve_app.core.analytics import score_pending
+
+    admin_store = open_store(mysql_settings)  # the admin migrates and loads market data
+    admin_store.upsert_candles("BTC", "1h", candle_rows(10))
+    admin_store.close()
+    db, user, password = mysql_settings.mysql_database, f"sg_ro_{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
+    admin = mysql_admin_connection()
+    grants = [f"SELECT ON `{db}`.candles", f"SELECT ON `{db}`.news_sentiment", f"SELECT ON `{db}`.schema_migrations",
+              f"SELECT, INSERT ON `{db}`.signals", f"SELECT, INSERT ON `{db}`.signal_outcomes"]
+    hosts = ("localhost", "127.0.0.1", "%")
+    with admin.cursor() as cur:
+        for host in hosts:
+            cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (user, host, password))
+            for grant in grants:
+                cur.execute(f"GRANT {grant} TO %s@%s", (user, host))
+    try:
+        limited = StoreSettings(mysql_host=mysql_settings.mysql_host, mysql_port=mysql_settings.mysql_port,
+                                mysql_user=user, mysql_password=password, mysql_database=db,
+                                sqlite_path=mysql_settings.sqlite_path)
+        with open_store(limited) as store:  # opening checks the schema version with reads only
+            assert len(store.load_candles("BTC", "1h")) == 10
+            records = [make_signal(f"lp-{i}", T0 + i * 3_600_000) for i in range(3)]
+            assert store.insert_signals(records) == 3
+            assert store.insert_signals(records) == 0  # idempotent without UPDATE
+            assert store.count_signals() == 3
+            assert score_pending(store, "1h", 2, now_ms=T0 + 100 * 3_600_000) == 3
+            assert score_pending(store, "1h", 2, now_ms=T0 + 100 * 3_600_000) == 0
+            assert all(r["realized_return"] is not None for r in store.load_performance_rows())
+            with pytest.raises(pymysql.err.OperationalError, match="denied"):  # market data is read-only
+                store.upsert_candles("BTC", "1h", candle_rows(1))
+            with pytest.raises(pymysql.err.OperationalError, match="denied"):
+                store._q("DELETE FROM signals", mode="execute")
+    finally:
+        with admin.cursor() as cur:
+            for host in hosts:
+                cur.execute("DROP USER IF EXISTS %s@%s", (user, host))
+        admin.close()
