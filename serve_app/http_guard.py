@@ -218,6 +218,7 @@ class HTTPGuard:
         self.max_body_bytes = settings["max_body_bytes"] if max_body_bytes is None else max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.max_json_depth = max_json_depth
+        self._routes: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -237,11 +238,20 @@ class HTTPGuard:
         except _Rejected as r:
             if started:
                 raise
+            count_response(self.fastapi_app, self._route_label(scope), r.status)
             await _reply(send, r.status, r.detail, r.headers)
         except Exception as e:  # noqa: BLE001 - the last line: a short message, the trace goes to the log
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
+                count_response(self.fastapi_app, self._route_label(scope), 500)
                 await _reply(send, 500, f"internal error ({type(e).__name__})")
+
+    def _route_label(self, scope: Scope) -> str:
+        """The request's API route for a metric label; "other" for unknown paths (bounded cardinality)."""
+        if self._routes is None:
+            self._routes = frozenset(prefix + route.path for route, prefix in _api_routes(self.fastapi_app))
+        path = _route_path(scope)
+        return path if path in self._routes else "other"
 
     async def _check(self, scope: Scope, receive: Receive) -> Receive:
         headers = dict(scope.get("headers") or [])
@@ -362,9 +372,23 @@ class SafeJSONResponse(JSONResponse):
         return _dumps(_safe(content))
 
 
+def count_response(app: FastAPI, route: str, status: int) -> None:
+    """Report an answer the endpoints never saw (a guard rejection, a 422 from validation, the catch-all
+    500) to the hook the app's owner set as `app.state.count_response(route, status)` - the ingress counts
+    them in signalgen_requests_total. Never fails the response."""
+    hook = getattr(app.state, "count_response", None)
+    if hook is not None:
+        try:
+            hook(route, status)
+        except Exception:  # noqa: BLE001 - metrics must not turn a 4xx into a 500
+            log.warning("count_response hook failed", exc_info=True)
+
+
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> Response:
     """FastAPI's 422 body shape (`{"detail": [{"type", "loc", "msg", "input", ...}]}`), rendered so that
     no echoed input (NaN, a lone surrogate, a 16 KiB string) can make the error itself fail."""
+    route = request.scope.get("route")
+    count_response(request.app, getattr(route, "path", "other"), 422)
     try:
         errors = jsonable_encoder(exc.errors())
     except Exception:  # noqa: BLE001 - an input jsonable_encoder cannot handle: drop the echoes
@@ -373,6 +397,8 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
+    route = request.scope.get("route")
+    count_response(request.app, getattr(route, "path", "other"), 500)
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
     return SafeJSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 

@@ -54,6 +54,9 @@ class Orchestrator(StageBase):
         self._outbox: list[dict] = []  # signals answered but not yet handed to Analytics
         self._sender: asyncio.Task | None = None
         self.analytics_send_s = analytics_send_s
+        # answers the endpoints never see (guard rejections, validation 422s) are counted too
+        api.state.count_response = lambda route, status: self.metrics.inc(
+            "signalgen_requests_total", route=route, status=str(status))
 
     # ---------------------------------------------------------------- signal
     @api.post("/generate_signal", response_model=SignalResponse,

@@ -147,6 +147,25 @@ def test_analytics_query_garbage_is_422(signal_app):
           422, "since")
 
 
+def test_rejections_are_counted_in_requests_total(signal_app):
+    """The guard's and the validator's answers never reach the endpoint, yet they are counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = signal_app["client"]
+    assert post(client, b"x" * (LIMIT + 1)).status_code == 413
+    assert post(client, b'{"symbol": "SOL"}').status_code == 422
+    assert post(client, b"{}", headers={"Content-Type": "text/plain"}).status_code == 415
+
+    def counted() -> dict[str, float]:
+        fams = text_string_to_metric_families(client.get("/metrics").text)
+        return {s.labels["status"]: s.value for f in fams if f.name == "ray_signalgen_requests"
+                for s in f.samples if s.name.endswith("_total") and s.labels.get("route") == "/generate_signal"}
+
+    seen = counted()
+    assert {"413", "415", "422"} <= set(seen), seen
+    assert all(seen[s] >= 1 for s in ("413", "415", "422"))
+
+
 def test_the_app_still_answers_after_all_that(signal_app):
     check(signal_app["client"].post("/generate_signal", json={"symbol": "SOL", "price": 100.0}), 200)
     check(signal_app["client"].get("/health"), 200)

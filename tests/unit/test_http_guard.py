@@ -298,3 +298,30 @@ def test_routes_under_include_router_are_guarded(prefix):
         assert_clean(c.post(url, content=b"[1]", headers=JSON), 422, "JSON object")
         assert_clean(c.post(url, content=b"{}", headers={"Content-Type": "text/plain"}), 415, "application/json")
         assert c.get(url).status_code == 405
+
+
+def test_answers_the_endpoints_never_see_are_reported_to_the_count_hook() -> None:
+    """Guard rejections, validation 422s and the catch-all 500 reach app.state.count_response (the ingress
+    counts them in signalgen_requests_total); unknown paths get the bounded label "other"."""
+    app = make_app(api_key=KEY, max_body_bytes=64)
+    seen: list[tuple[str, int]] = []
+    app.state.count_response = lambda route, status: seen.append((route, status))
+    client = TestClient(app, raise_server_exceptions=False)
+    auth = {**JSON, "X-API-Key": KEY}
+    client.post("/generate_signal", content=b'{"symbol": "SOL", "price": 1}', headers=JSON)  # no key
+    client.post("/generate_signal", content=b"x" * 100, headers=auth)  # too large
+    client.post("/generate_signal", content=b'{"symbol": "SOL"}', headers=auth)  # price missing
+    client.post("/generate_signal", content=b"{}", headers={"X-API-Key": KEY, "Content-Type": "text/plain"})
+    client.post("/no/such/path", content=b"{}", headers=JSON)  # no key, unknown path
+    client.get("/boom", headers={"X-API-Key": KEY})
+    ok = client.post("/generate_signal", content=b'{"symbol": "SOL", "price": 1}', headers=auth)
+    assert ok.status_code == 200  # the endpoint counts its own answers: not reported here
+    assert seen == [("/generate_signal", 401), ("/generate_signal", 413), ("/generate_signal", 422),
+                    ("/generate_signal", 415), ("other", 401), ("/boom", 500)]
+
+
+def test_a_failing_count_hook_does_not_change_the_answer() -> None:
+    app = make_app()
+    app.state.count_response = lambda route, status: 1 / 0
+    r = TestClient(app).post("/generate_signal", content=b'{"symbol": "SOL"}', headers=JSON)
+    assert r.status_code == 422 and "price" in r.text
