@@ -9,6 +9,8 @@ fixed replica count:
   /faulty    the real graph with a test-only RiskManager (tests/faulty_stage.py): ETH raises → 500 naming
              the stage, counted in signalgen_stage_failures_total; BTC sleeps past the proxy's
              request_timeout_s → 408/504, not a hang
+  /slowstage the same faulty graph with stage_timeout_s 2: BTC's slow risk stage ends in 504 naming the stage
+             after 2 s, counted in signalgen_stage_failures_total{reason="timeout"}
   /badmodel  the current model file corrupted: the ML engine fails start-up naming the file, /health says
              so (the deployment's status message from Serve), and signals end with 504 (stage_timeout_s) or
              503 naming 'ml', never a hang
@@ -33,11 +35,12 @@ from tests.ray_helpers import serve_config_for_test
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-EXTRA = ("faults", "faulty", "badmodel")
-TINY_CPU = 0.001  # 27 replicas: 0.027 CPU; the session apps leave 0.1 of the 2 CPUs free
+EXTRA = ("faults", "faulty", "slowstage", "badmodel")
+TINY_CPU = 0.001  # 28 replicas: 0.028 CPU; the session apps leave 0.1 of the 2 CPUs free
 FAULT_REPLICAS = 1  # configs/serve_config.yaml's min_replicas: the worst case, nothing to fail over to
 KILL_STAGES = ["FeatureEngine", "MarketContext", "MLEngine", "Portfolio", "RiskManager", "Orchestrator"]
 STAGE_TIMEOUT_BADMODEL_S = 1.0
+STAGE_TIMEOUT_SLOW_S = 2.0
 LOAD_S, KILL_AT_S = 30, 5  # hey runs 4 clients x 10 req/s; the replica dies 5 s in and has 25 s to come back
 
 
@@ -96,21 +99,25 @@ def fault_apps(signal_app: dict, tmp_path_factory: pytest.TempPathFactory):
     port = urlparse(signal_app["url"]).port
     cfg = serve_config_for_test(
         port, env,
-        extra_apps={"faults": {}, "faulty": {"PYTHONPATH": str(ROOT)}, "badmodel": {"MODEL_DIR": str(bad_root)}},
+        extra_apps={"faults": {}, "faulty": {"PYTHONPATH": str(ROOT)}, "slowstage": {"PYTHONPATH": str(ROOT)},
+                    "badmodel": {"MODEL_DIR": str(bad_root)}},
         extra_app_overrides={"faulty": {"stage_timeout_s": 120, "pipeline_max_in_flight": 4},
+                             "slowstage": {"stage_timeout_s": STAGE_TIMEOUT_SLOW_S},
                              "badmodel": {"stage_timeout_s": STAGE_TIMEOUT_BADMODEL_S}},
         extra_app_num_cpus={n: TINY_CPU for n in EXTRA})
     extras = {a["name"]: a for a in cfg["applications"] if a["name"] in EXTRA}
     fix_replicas(extras["faults"], replicas=FAULT_REPLICAS)
     fix_replicas(extras["faulty"])
+    fix_replicas(extras["slowstage"])
     fix_replicas(extras["badmodel"])
-    extras["faulty"]["import_path"] = "tests.faulty_stage:build_faulty_app"
+    extras["faulty"]["import_path"] = extras["slowstage"]["import_path"] = "tests.faulty_stage:build_faulty_app"
     cfg["applications"] = session_apps + [extras[n] for n in EXTRA]
     put(dashboard, cfg)
     try:
         def up() -> bool:
             apps = apps_status(dashboard)["applications"]
-            states = {n: apps.get(n, {}).get("status") for n in ("faults", "faulty", *[a["name"] for a in session_apps])}
+            states = {n: apps.get(n, {}).get("status")
+                      for n in ("faults", "faulty", "slowstage", *[a["name"] for a in session_apps])}
             failed = {n: apps[n].get("message") for n, s in states.items() if s == "DEPLOY_FAILED"}
             assert not failed, f"deploy failed: {failed}"
             return all(s == "RUNNING" for s in states.values())
@@ -145,6 +152,26 @@ def test_stage_that_raises_answers_500_naming_it_and_is_counted(fault_apps: dict
                    if line.startswith("ray_signalgen_stage_failures_total{") and 'stage="risk"' in line)
 
     assert wait_for(counted, 20, "the risk failure in signalgen_stage_failures_total") >= 1
+
+
+# ------------------------------------------------------------------------------------------ (c) stage timeout
+def test_a_stage_slower_than_stage_timeout_ends_in_504_naming_it(fault_apps: dict) -> None:
+    base = fault_apps["base"]
+    t0 = time.monotonic()
+    r = httpx.post(f"{base}/slowstage/generate_signal", json={"symbol": "BTC", "price": 50000.0}, timeout=30)
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 504, r.text
+    assert r.json()["detail"] == (f"signal pipeline timed out after {STAGE_TIMEOUT_SLOW_S:g} s "
+                                  f"waiting for stage 'risk'")
+    assert elapsed < STAGE_TIMEOUT_SLOW_S + 8, f"answered after {elapsed:.1f} s"
+
+    def counted() -> float:
+        text = httpx.get(f"{base}/slowstage/metrics", timeout=30).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ray_signalgen_stage_failures_total{")
+                   and 'stage="risk"' in line and 'reason="timeout"' in line)
+
+    assert wait_for(counted, 20, "the timeout in signalgen_stage_failures_total") >= 1
 
 
 # ------------------------------------------------------------------------------------------ (d) bad model file
