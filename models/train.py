@@ -166,6 +166,22 @@ def fit_temperature(y: np.ndarray, p: np.ndarray) -> float:
     return t if log_loss(y, calibrate(p, t)) <= log_loss(y, calibrate(p, 1.0)) else 1.0
 
 
+def baseline_metrics(y_train: np.ndarray, y: np.ndarray, momentum: np.ndarray, fwd_sign: np.ndarray,
+                     horizon: int) -> dict[str, Any]:
+    """Out-of-sample scores of the naive rules on (y, momentum, fwd_sign): the training window's majority
+    class (and its class prior as a probabilistic forecast) and the sign of the last `horizon`-candle return."""
+    prior = np.bincount(y_train, minlength=len(CLASSES)) / max(y_train.size, 1)
+    majority = int(prior.argmax())
+    mom_pred = np.where(momentum > 0, UP, DOWN)
+    return {
+        "majority": {"class": CLASSES[majority], "accuracy": float(np.mean(y == majority)) if y.size else float("nan"),
+                     "log_loss_train_prior": log_loss(y, np.tile(prior, (y.size, 1)))},
+        "momentum": {"rule": f"up if the last {horizon}-candle return > 0 else down",
+                     "accuracy": float(np.mean(mom_pred == y)) if y.size else float("nan"),
+                     "directional": directional_hit_rate(mom_pred, fwd_sign)},
+    }
+
+
 class _ProgressCallback(xgb.callback.TrainingCallback):
     def __init__(self, bar: tqdm):
         super().__init__()
@@ -185,6 +201,38 @@ def _ms_iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+# --- fitting ---------------------------------------------------------------------------------------
+@dataclass
+class FittedBooster:
+    booster: xgb.Booster  # trimmed to the best validation round
+    params: dict[str, Any]
+    best_iteration: int
+    rounds_run: int
+    temperature: float
+    val_log_loss: float  # calibrated
+
+
+def fit_booster(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarray, n_estimators: int = 500,
+                early_stopping_rounds: int = 40, params: dict[str, Any] | None = None, seed: int = 0,
+                callbacks: Sequence[xgb.callback.TrainingCallback] = ()) -> FittedBooster:
+    """The model family: XGBoost (DEFAULT_PARAMS updated with `params`) early-stopped on the validation
+    rows, cut at the best round, then temperature-calibrated on the same validation rows."""
+    p = dict(DEFAULT_PARAMS)
+    p.update(params or {})
+    p["seed"] = seed
+    dtrain = xgb.DMatrix(Xtr, label=ytr, feature_names=list(FEATURE_NAMES))
+    dval = xgb.DMatrix(Xva, label=yva, feature_names=list(FEATURE_NAMES))
+    booster = xgb.train(p, dtrain, num_boost_round=n_estimators, evals=[(dval, "val")],
+                        early_stopping_rounds=early_stopping_rounds, callbacks=list(callbacks), verbose_eval=False)
+    rounds_run = booster.num_boosted_rounds()
+    best_iteration = int(getattr(booster, "best_iteration", rounds_run - 1))
+    booster = booster[: best_iteration + 1]  # keep the trees up to the best validation round only
+    p_val = booster.inplace_predict(Xva)
+    temperature = fit_temperature(yva, p_val)
+    return FittedBooster(booster, p, best_iteration, rounds_run, temperature,
+                         log_loss(yva, calibrate(p_val, temperature)))
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -236,22 +284,12 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
         bar.close()
         raise ValueError(f"empty segment after split: n_train={ytr.size} n_val={yva.size} n_test={yte.size}")
 
-    p = dict(DEFAULT_PARAMS)
-    p.update(params or {})
-    p["seed"] = seed
-    dtrain = xgb.DMatrix(Xtr, label=ytr, feature_names=list(FEATURE_NAMES))
-    dval = xgb.DMatrix(Xva, label=yva, feature_names=list(FEATURE_NAMES))
     bar.set_description("boost")
     cb = _ProgressCallback(bar)
-    booster = xgb.train(p, dtrain, num_boost_round=n_estimators, evals=[(dval, "val")],
-                        early_stopping_rounds=early_stopping_rounds, callbacks=[cb], verbose_eval=False)
-    bar.update(n_estimators - cb.rounds)
-    best_iteration = int(getattr(booster, "best_iteration", cb.rounds - 1))
-    booster = booster[: best_iteration + 1]  # keep the trees up to the best validation round only
-
-    bar.set_description("calibrate")
-    p_val = booster.inplace_predict(Xva)
-    temperature = fit_temperature(yva, p_val)
+    fit = fit_booster(Xtr, ytr, Xva, yva, n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds,
+                      params=params, seed=seed, callbacks=[cb])
+    bar.update(n_estimators - fit.rounds_run)
+    booster, temperature = fit.booster, fit.temperature
     bar.update(1)
 
     bar.set_description("evaluate")
@@ -261,22 +299,13 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
     metrics = classification_report(yte, pred)
     metrics["log_loss"] = log_loss(yte, p_te)
     metrics["log_loss_uncalibrated"] = log_loss(yte, p_raw)
-    metrics["val_log_loss"] = log_loss(yva, calibrate(p_val, temperature))
+    metrics["val_log_loss"] = fit.val_log_loss
     metrics["directional"] = directional_hit_rate(pred, fwd_te)
     metrics["per_symbol_accuracy"] = {d.symbol: float(np.mean(pred[sym_te == i] == yte[sym_te == i]))
                                       for i, d in enumerate(datas) if np.any(sym_te == i)}
     metrics["test_class_distribution"] = {c: int(np.sum(yte == i)) for i, c in enumerate(CLASSES)}
 
-    prior = np.bincount(ytr, minlength=len(CLASSES)) / ytr.size
-    majority = int(prior.argmax())
-    mom_pred = np.where(mom_te > 0, UP, DOWN)
-    baselines = {
-        "majority": {"class": CLASSES[majority], "accuracy": float(np.mean(yte == majority)),
-                     "log_loss_train_prior": log_loss(yte, np.tile(prior, (yte.size, 1)))},
-        "momentum": {"rule": f"up if the last {horizon}-candle return > 0 else down",
-                     "accuracy": float(np.mean(mom_pred == yte)),
-                     "directional": directional_hit_rate(mom_pred, fwd_te)},
-    }
+    baselines = baseline_metrics(ytr, yte, mom_te, fwd_te, horizon)
     bar.update(1)
     bar.close()
 
@@ -309,8 +338,8 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
         "test_window": window("test"),
         "n_train": int(ytr.size), "n_val": int(yva.size), "n_test": int(yte.size),
         "temperature": temperature,
-        "xgboost": {"version": xgb.__version__, "params": p, "best_iteration": best_iteration,
-                    "n_trees_rounds": best_iteration + 1, "rounds_run": cb.rounds},
+        "xgboost": {"version": xgb.__version__, "params": fit.params, "best_iteration": fit.best_iteration,
+                    "n_trees_rounds": fit.best_iteration + 1, "rounds_run": fit.rounds_run},
         "metrics": metrics,
         "baselines": baselines,
         "train_seconds": round(time.perf_counter() - t0, 2),
