@@ -5,13 +5,12 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on the configured store (python -m models.train)",
+    p = sub.add_parser("train", help="train a model on the configured store (options: signalgen train --help)",
                        add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, passthrough=True)  # every option goes to models.train's own parser
 
 
 def _run(args: argparse.Namespace) -> int:
     from models.train import main
 
-    return main(args.rest)
+    return main(args.extra)
