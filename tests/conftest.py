@@ -50,3 +50,18 @@ def mysql_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSe
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         admin.close()
+
+
+@pytest.fixture
+def mysql_store(mysql_settings: StoreSettings):
+    """A migrated MySQL store on the session's test database, every data table emptied first."""
+    from serve_app.store import open_store
+    from serve_app.store.schema import DATA_TABLES
+
+    with open_store(mysql_settings) as store:
+        admin = mysql_admin_connection(mysql_settings.mysql_database)
+        with admin.cursor() as cur:
+            for table in DATA_TABLES:
+                cur.execute(f"TRUNCATE TABLE {table.name}")
+        admin.close()
+        yield store

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from serve_app.settings import StoreSettings
-from serve_app.store import Store, open_store
-from serve_app.store.schema import DATA_TABLES
+from serve_app.store import Store
 from serve_app.toolkit import ingest
-from tests.conftest import mysql_admin_connection
 from tests.store_contract import T0, candle_rows
 from tests.unit.test_ingest import HEADER, NEWS_HEADER, FakeClock, FakeExchange, csv_line, ingest_args, write
 
@@ -21,15 +18,8 @@ pytestmark = pytest.mark.mysql
 
 
 @pytest.fixture
-def store(mysql_settings: StoreSettings) -> Iterator[Store]:
-    """A migrated MySQL store on the session's test database, emptied first."""
-    with open_store(mysql_settings) as s:
-        admin = mysql_admin_connection(mysql_settings.mysql_database)
-        with admin.cursor() as cur:
-            for table in DATA_TABLES:
-                cur.execute(f"TRUNCATE TABLE {table.name}")
-        admin.close()
-        yield s
+def store(mysql_store: Store) -> Store:
+    return mysql_store
 
 
 def test_csv_import_stores_the_valid_rows_once(store: Store, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Iterator
 
 import pymysql
 import pytest
@@ -28,17 +27,10 @@ def mysql_store(settings: StoreSettings, **overrides: object) -> MySQLStore:
 
 
 @pytest.fixture
-def store(mysql_settings: StoreSettings) -> Iterator[MySQLStore]:
-    """A migrated store on the session's test database, emptied before each test."""
-    s = open_store(mysql_settings)
-    assert isinstance(s, MySQLStore)
-    admin = mysql_admin_connection(mysql_settings.mysql_database)
-    with admin.cursor() as cur:
-        for table in DATA_TABLES:
-            cur.execute(f"TRUNCATE TABLE {table.name}")
-    admin.close()
-    yield s
-    s.close()
+def store(mysql_store: MySQLStore) -> MySQLStore:
+    """The contract's `store`: tests/conftest.py's emptied MySQL store."""
+    assert isinstance(mysql_store, MySQLStore)
+    return mysql_store
 
 
 class TestMySQLContract(StoreContract):

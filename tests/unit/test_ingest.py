@@ -253,7 +253,7 @@ def test_news_csv_rows_validated_with_line_numbers(tmp_path: Path) -> None:
              f"{T0},BTC,wire,1.5,too happy",
              f"{T0},BTC,wire,high,not a number",
              f"{T0},,wire,0.1,no symbol",
-             f"when,BTC,wire,0.1,no time",
+             "when,BTC,wire,0.1,no time",
              f"{T0},BTC,wire,0.1,",
              f"{T0},{'X' * 40},wire,0.1,long symbol",
              f"{T0 + HOUR_MS},SOL,blog,0,SOL flat"]
