@@ -98,11 +98,13 @@ class WriteBehindBuffer:
 
 
 def score_signals(signals: Sequence[dict[str, Any]], candles: dict[str, Candles], horizon_ms: int,
-                  now_ms: int, horizon_candles: int | None = None) -> list[dict[str, Any]]:
+                  now_ms: int, horizon_candles: int | None = None,
+                  candle_ms: int | None = None) -> list[dict[str, Any]]:
     """Outcome of each past signal: the close of the first candle opening at or after
     generated_at + horizon, against the signal's price. A BUY hits when the price rose, a SELL when it
     fell; a HOLD hits when the price moved less than 0.5% either way. `horizon_candles` is recorded
-    with each outcome."""
+    with each outcome. With `candle_ms` (the candle length), a candle that has not closed by `now_ms`
+    is not used: its last price is not its close, so the signal waits for a later run."""
     out = []
     for s in signals:
         c = candles.get(s["symbol"])
@@ -110,7 +112,7 @@ def score_signals(signals: Sequence[dict[str, Any]], candles: dict[str, Candles]
         if c is None or len(c) == 0 or target > now_ms:
             continue
         i = int(np.searchsorted(c.open_time, target, side="left"))
-        if i >= len(c):
+        if i >= len(c) or (candle_ms is not None and int(c.open_time[i]) + candle_ms > now_ms):
             continue
         entry, exit_ = float(s["price"]), float(c.close[i])
         ret = math.log(exit_ / entry)
@@ -137,7 +139,7 @@ def score_pending(store: Store, timeframe: str, horizon_candles: int, now_ms: in
             return written
         first = min(int(s["generated_at_ms"]) for s in pending)
         candles = {sym: store.load_candles(sym, timeframe, since_ms=first) for sym in {s["symbol"] for s in pending}}
-        outcomes = score_signals(pending, candles, horizon_ms, now_ms, horizon_candles)
+        outcomes = score_signals(pending, candles, horizon_ms, now_ms, horizon_candles, timeframe_ms(timeframe))
         if outcomes:
             store.insert_outcomes(outcomes)
             written += len(outcomes)

@@ -136,16 +136,15 @@ def test_tables_use_utf8mb4(store: MySQLStore, mysql_settings: StoreSettings) ->
     assert all(c.startswith("utf8mb4") for c in collations.values())
 
 
-def test_the_service_runs_with_the_least_privilege_user_from_the_readme(mysql_settings: StoreSettings) -> None:
+def test_the_service_runs_with_the_least_privilege_user_from_the_readme(mysql_settings: StoreSettings,
+                                                                       mysql_store: MySQLStore) -> None:
     """The README's grants (SELECT on market data and schema_migrations, SELECT + INSERT on signals and
     outcomes) suffice for everything a serving replica does, and nothing more is allowed."""
     import secrets
 
     from serve_app.core.analytics import score_pending
 
-    admin_store = open_store(mysql_settings)  # the admin migrates and loads market data
-    admin_store.upsert_candles("BTC", "1h", candle_rows(10))
-    admin_store.close()
+    mysql_store.upsert_candles("BTC", "1h", candle_rows(10))  # the admin migrated (fixture) and loads market data
     db, user, password = mysql_settings.mysql_database, f"sg_ro_{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
     admin = mysql_admin_connection()
     grants = [f"SELECT ON `{db}`.candles", f"SELECT ON `{db}`.news_sentiment", f"SELECT ON `{db}`.schema_migrations",

@@ -64,6 +64,16 @@ def test_score_signals():
     assert out["a"]["realized_return"] == pytest.approx(np.log(1.04))
 
 
+def test_score_signals_waits_for_the_exit_candle_to_close():
+    """Signal b's exit candle opens at 8 H; at now = 8.5 H it is still in progress: not scored yet."""
+    sigs = [{"signal_id": "a", "symbol": "SOL", "action": "BUY", "price": 100.0, "generated_at_ms": 0},
+            {"signal_id": "b", "symbol": "SOL", "action": "SELL", "price": 104.0, "generated_at_ms": 4 * H}]
+    early = score_signals(sigs, {"SOL": _candles()}, 4 * H, now_ms=8 * H + H // 2, candle_ms=H)
+    assert [o["signal_id"] for o in early] == ["a"]
+    later = score_signals(sigs, {"SOL": _candles()}, 4 * H, now_ms=9 * H, candle_ms=H)
+    assert [o["signal_id"] for o in later] == ["a", "b"]
+
+
 def test_summarize_groups():
     rows = [
         {"symbol": "SOL", "action": "BUY", "confidence": 0.72, "realized_return": 0.02, "hit": True},

@@ -158,8 +158,10 @@ def test_score_pending_pages_through_everything(seeded: Store) -> None:
 
 
 def test_horizon_not_passed_yet_leaves_signals_unscored(seeded: Store) -> None:
-    # at T0 + 5h only the signals generated at T0 (s1, s4) are 4 candles old
-    assert score_pending(seeded, "1h", 4, now_ms=T0 + 5 * HOUR_MS - 1) == 2
+    # just before T0 + 5h the exit candle of the signals generated at T0 (it opens at T0 + 4h) is still in
+    # progress: nothing is scored; at T0 + 5h it has closed, and only those two (s1, s4) are due
+    assert score_pending(seeded, "1h", 4, now_ms=T0 + 5 * HOUR_MS - 1) == 0
+    assert score_pending(seeded, "1h", 4, now_ms=T0 + 5 * HOUR_MS) == 2
 
 
 # ------------------------------------------------------------------------------------------- output
