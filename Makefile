@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: hey run test setup venv seed-db train model stop clean help bench loadtest kuberay kuberay-check
+.PHONY: docs-plots hey run test setup venv seed-db train model stop clean help bench loadtest kuberay kuberay-check
 
 help:
 	@echo "make run      set up (venv, sample data, default model) and serve on http://127.0.0.1:8000"
@@ -56,6 +56,10 @@ stop:
 # documented in kuberay/generate.py); a unit test fails when the committed manifest is stale.
 kuberay: venv
 	$(PY) kuberay/generate.py
+
+# The README's example plots (docs/img/) regenerated from the synthetic sample in a throw-away store.
+docs-plots: venv
+	$(PY) scripts/docs_plots.py
 
 kuberay-check: venv
 	$(PY) kuberay/generate.py --check
