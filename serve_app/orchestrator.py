@@ -91,7 +91,9 @@ class Orchestrator(StageBase):
         A batch that failed because a stage's replica died (killed, node lost, restarting) is sent again -
         every stage of this chain is idempotent per batch - until `replacement_wait_s` after the first
         failure: Serve routes the retry to a live replica, or queues it until the controller has started a
-        replacement (with one replica per stage that takes seconds, so the batch waits instead of failing)."""
+        replacement (with one replica per stage that takes seconds, so the batch waits instead of failing).
+        Likewise a batch still unanswered after `stage_timeout_s` keeps waiting, up to `replacement_wait_s`
+        from its start, when a stage has no running replica (Serve holds the call for the replacement)."""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
@@ -103,7 +105,11 @@ class Orchestrator(StageBase):
                 e, seen = e.__cause__ or e.__context__, seen + 1
             return False
 
-        retry_until: float | None = None  # set at the first lost replica
+        async def result(response: Any) -> Any:
+            return await response
+
+        started = time.monotonic()
+        retry_until: float | None = None  # set when a stage lost its replica
         attempt = 0
         while True:
             attempt += 1
@@ -115,11 +121,24 @@ class Orchestrator(StageBase):
             chain = [("features", f), ("market_context", c), ("ml", p), ("portfolio", s), ("risk", r)]
             timeout = self.stage_timeout_s if retry_until is None else \
                 max(self.stage_timeout_s, retry_until - time.monotonic())
+            pending = asyncio.ensure_future(result(r))
             try:
-                out = await asyncio.wait_for(r, timeout=timeout)
+                done, _ = await asyncio.wait({pending}, timeout=timeout)
+                if not done and retry_until is None and await self._stages_without_replica():
+                    # queued by Serve for a replica that is being replaced: wait for it, not for a timeout
+                    retry_until = started + self.replacement_wait_s
+                    log.warning("a stage has no running replica; the batch of %d waits for its replacement",
+                                len(items))
+                    done, _ = await asyncio.wait({pending}, timeout=max(retry_until - time.monotonic(), 0))
+                if not done:
+                    raise asyncio.TimeoutError
+                out = pending.result()
                 break
             except asyncio.TimeoutError:
+                pending.cancel()
                 r.cancel()
+                if retry_until is not None:  # waited for a replacement too: report the whole wait
+                    timeout = round(time.monotonic() - started, 1)
                 stage = await self._failed_stage(chain, timeout=0.1)
                 self.metrics.inc("signalgen_stage_failures_total", stage=stage, reason="timeout")
                 return [(504, {"detail": f"signal pipeline timed out after {timeout:g} s "
@@ -159,6 +178,19 @@ class Orchestrator(StageBase):
             await asyncio.sleep(self.analytics_send_s)
             records, self._outbox = self._outbox, []
             await self._persist(records)
+
+    async def _stages_without_replica(self) -> list[str]:
+        """The stages of this application that have no RUNNING replica now (the controller is starting a
+        replacement), from the Serve controller; [] when it cannot tell."""
+        def read() -> list[str]:
+            deployments = serve.status().applications[serve.get_replica_context().app_name].deployments
+            return [name for name, handle in self.stages.items()
+                    if not any(getattr(state, "value", state) == "RUNNING" and n > 0
+                               for state, n in deployments[handle.deployment_name].replica_states.items())]
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read), timeout=5.0)
+        except Exception:  # noqa: BLE001 - no answer: treat the batch as timed out
+            return []
 
     async def _failed_stage(self, chain: list[tuple[str, Any]], timeout: float) -> str:
         """The first stage of the chain that failed or has not answered. Each response gets at least

@@ -95,12 +95,24 @@ def dbfault(signal_app: dict, mysql_settings: StoreSettings, tmp_path_factory: p
         try:
             proxy.start()  # let the app's Analytics flush whatever it still holds before it is deleted
             deploy(signal_app["dashboard"], _config(http_port, env, None), timeout_s=180)
+            _wait_deleted(signal_app["dashboard"], APP, timeout_s=180)  # later tests see the session's apps only
         finally:
             proxy.close()
             admin = mysql_admin_connection()
             with admin.cursor() as cur:
                 cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
             admin.close()
+
+
+def _wait_deleted(dashboard: str, app: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{dashboard}/api/serve/applications/", params={"api_type": "declarative"},
+                      headers=auth_headers(), timeout=10)
+        if r.status_code == 200 and app not in r.json().get("applications", {}):
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"application {app!r} still listed {timeout_s:.0f} s after its deletion")
 
 
 def _signal(ctx: dict, symbol: str = "SOL") -> httpx.Response:

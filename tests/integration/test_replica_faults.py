@@ -103,7 +103,8 @@ def fault_apps(signal_app: dict, tmp_path_factory: pytest.TempPathFactory):
                     "badmodel": {"MODEL_DIR": str(bad_root)}},
         extra_app_overrides={"faulty": {"stage_timeout_s": 120, "pipeline_max_in_flight": 4},
                              "slowstage": {"stage_timeout_s": STAGE_TIMEOUT_SLOW_S},
-                             "badmodel": {"stage_timeout_s": STAGE_TIMEOUT_BADMODEL_S}},
+                             "badmodel": {"stage_timeout_s": STAGE_TIMEOUT_BADMODEL_S,
+                                          "replacement_wait_s": STAGE_TIMEOUT_BADMODEL_S}},
         extra_app_num_cpus={n: TINY_CPU for n in EXTRA})
     extras = {a["name"]: a for a in cfg["applications"] if a["name"] in EXTRA}
     fix_replicas(extras["faults"], replicas=FAULT_REPLICAS)
@@ -201,9 +202,9 @@ def test_corrupt_model_file_fails_ml_start_up_naming_the_file_and_health_says_so
     assert any(str(bad_file) in reason for reason in body["reasons"]), body["reasons"]
     assert body["stages"]["features"]["ok"], "only the ML engine is at fault"
 
-    # a signal needs the ML engine: while Serve still retries its start-up the call waits and ends with 504
-    # after stage_timeout_s (1 s here); once the deployment is DEPLOY_FAILED Serve refuses it at once
-    # (the ingress retries once, then 503). Either way it names the stage and does not hang.
+    # a signal needs the ML engine: while Serve still retries its start-up (no running ML replica) the call
+    # waits for one up to replacement_wait_s and ends with 504 (1 s here); once the deployment is
+    # DEPLOY_FAILED Serve refuses it at once (503). Either way it names the stage and does not hang.
     t0 = time.monotonic()
     s = httpx.post(f"{base}/badmodel/generate_signal", json={"symbol": "SOL", "price": 100.0}, timeout=30)
     assert s.status_code in (503, 504), s.text
