@@ -1,5 +1,5 @@
 """Deploy a Serve config the way the KubeRay operator does: PUT /api/serve/applications/ on the dashboard,
-then poll until every application is RUNNING. Shared by the tests and the benchmark."""
+then poll until every application is RUNNING. Shared by the tests, the benchmark and `signalgen models`."""
 from __future__ import annotations
 
 import os
@@ -25,10 +25,26 @@ def auth_headers() -> dict[str, str]:
     return {"x-ray-authorization": f"Bearer {token}"} if token else {}
 
 
+def applications(dashboard: str) -> dict:
+    """GET /api/serve/applications/?api_type=declarative: the cluster's Serve options and, per application,
+    its status, deployments (with replicas) and deployed config. Raises httpx.HTTPError (no answer, or an
+    error status)."""
+    r = httpx.get(f"{dashboard.rstrip('/')}/api/serve/applications/", params={"api_type": "declarative"},
+                  headers=auth_headers(), timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def put_config(dashboard: str, config: dict) -> None:
+    """PUT a whole Serve config (every application: one left out is deleted) without waiting."""
+    r = httpx.put(f"{dashboard.rstrip('/')}/api/serve/applications/", json=config, headers=auth_headers(),
+                  timeout=60)
+    r.raise_for_status()
+
+
 def deploy(dashboard: str, config: dict, timeout_s: float = 300.0) -> dict:
     """PUT the config and wait until every application is RUNNING; returns the final status JSON."""
-    r = httpx.put(f"{dashboard}/api/serve/applications/", json=config, headers=auth_headers(), timeout=60)
-    r.raise_for_status()
+    put_config(dashboard, config)
     return wait_running(dashboard, [a["name"] for a in config["applications"]], timeout_s)
 
 
@@ -37,19 +53,32 @@ def wait_running(dashboard: str, names: list[str], timeout_s: float) -> dict:
     last: dict = {}
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(f"{dashboard}/api/serve/applications/", params={"api_type": "declarative"},
-                          headers=auth_headers(), timeout=10)
-            if r.status_code == 200:
-                last = r.json()
-                apps = last.get("applications", {})
-                statuses = {n: apps.get(n, {}).get("status") for n in names}
-                if all(s == "RUNNING" for s in statuses.values()):
-                    return last
-                failed = {n: apps[n].get("message") for n, s in statuses.items() if s == "DEPLOY_FAILED"}
-                if failed:
-                    raise RuntimeError(f"deploy failed: {failed}")
+            last = applications(dashboard)
+            apps = last.get("applications", {})
+            statuses = {n: apps.get(n, {}).get("status") for n in names}
+            if all(s == "RUNNING" for s in statuses.values()):
+                return last
+            failed = {n: apps[n].get("message") for n, s in statuses.items() if s == "DEPLOY_FAILED"}
+            if failed:
+                raise RuntimeError(f"deploy failed: {failed}")
         except httpx.HTTPError:
             pass
         time.sleep(1.0)
     raise TimeoutError(f"applications {names} not RUNNING after {timeout_s:.0f} s: "
                        f"{ {n: a.get('status') for n, a in last.get('applications', {}).items()} }")
+
+
+def wait_deleted(dashboard: str, names: list[str], timeout_s: float) -> None:
+    """Until none of `names` is listed any more (a deleted application stays DELETING while its replicas
+    shut down gracefully)."""
+    deadline = time.monotonic() + timeout_s
+    listed: set[str] = set(names)
+    while time.monotonic() < deadline:
+        try:
+            listed = set(names) & set(applications(dashboard).get("applications", {}))
+            if not listed:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"applications {sorted(listed)} still listed {timeout_s:.0f} s after their deletion")

@@ -249,19 +249,19 @@ def deploy_model_version(address: str, version: str, root: Path, timeout_s: floa
     fails (then the previous config is re-applied)."""
     import httpx
 
-    from serve_app.serve_rest import auth_headers, deploy
+    from serve_app.serve_rest import applications, deploy
 
-    url = f"{address.rstrip('/')}/api/serve/applications/"
     try:
-        r = httpx.get(url, params={"api_type": "declarative"}, headers=auth_headers(), timeout=10)
+        details = applications(address)
     except httpx.TransportError as e:
         raise NoRunningApp(f"no Ray dashboard answers at {address} ({type(e).__name__})") from e
-    if r.status_code in (401, 403):
-        raise LifecycleError(f"{address} refused the request (HTTP {r.status_code}): set RAY_AUTH_TOKEN (or "
-                             f"RAY_AUTH_TOKEN_PATH) to the cluster's auth token")
-    if r.status_code != 200:
-        raise LifecycleError(f"GET {url} -> HTTP {r.status_code}: {r.text[:300]}")
-    live = live_deploy_config(r.json())
+    except httpx.HTTPStatusError as e:
+        code = e.response.status_code
+        if code in (401, 403):
+            raise LifecycleError(f"{address} refused the request (HTTP {code}): set RAY_AUTH_TOKEN (or "
+                                 f"RAY_AUTH_TOKEN_PATH) to the cluster's auth token") from e
+        raise LifecycleError(f"GET {e.request.url} -> HTTP {code}: {e.response.text[:300]}") from e
+    live = live_deploy_config(details)
     new, names = with_model_version(live, version)
     if not names:
         raise NoRunningApp(f"no application built from {BUILD_APP} is deployed at {address}")
@@ -279,7 +279,7 @@ def deploy_model_version(address: str, version: str, root: Path, timeout_s: floa
     log(f"updating {ML_DEPLOYMENT} user_config.model_version={version} in {', '.join(names)} at {address}")
     try:
         deploy(address, new, timeout_s)
-        _wait_model_applied(address, names, version, timeout_s, auth_headers)
+        _wait_model_applied(address, names, version, timeout_s)
     except (httpx.HTTPError, RuntimeError, TimeoutError) as e:
         restored = "re-applied"
         try:
@@ -290,19 +290,18 @@ def deploy_model_version(address: str, version: str, root: Path, timeout_s: floa
     return names
 
 
-def _wait_model_applied(address: str, names: list[str], version: str, timeout_s: float,
-                        auth_headers: Callable[[], dict[str, str]]) -> None:
+def _wait_model_applied(address: str, names: list[str], version: str, timeout_s: float) -> None:
     """Until the MLEngine deployment of each app targets `version` and is HEALTHY again (every replica
     reconfigured): the app status alone can still read RUNNING from before the controller applied the PUT."""
     import httpx
 
-    url = f"{address.rstrip('/')}/api/serve/applications/"
+    from serve_app.serve_rest import applications
+
     deadline = time.monotonic() + timeout_s
     state: dict[str, Any] = {}
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url, params={"api_type": "declarative"}, headers=auth_headers(), timeout=10)
-            apps = r.json().get("applications", {}) if r.status_code == 200 else {}
+            apps = applications(address).get("applications", {})
         except (httpx.HTTPError, ValueError):  # a dashboard hiccup: ask again
             apps = {}
         for name in names:

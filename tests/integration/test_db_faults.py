@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
-from serve_app.serve_rest import auth_headers, deploy
+from serve_app.serve_rest import applications, deploy, wait_deleted
 from serve_app.settings import StoreSettings
 from tests.conftest import mysql_admin_connection
 from tests.integration.conftest import STORE_DOWN_APP
@@ -46,9 +46,7 @@ def _config(http_port: int, env: dict[str, str], dbfault_env: dict[str, str] | N
 
 
 def _replica_ids(dashboard: str) -> set[str]:
-    r = httpx.get(f"{dashboard}/api/serve/applications/", headers=auth_headers(), timeout=10)
-    r.raise_for_status()
-    deployments = r.json()["applications"][APP]["deployments"]
+    deployments = applications(dashboard)["applications"][APP]["deployments"]
     return {rep["replica_id"] for d in deployments.values() for rep in d.get("replicas", [])
             if rep.get("state") == "RUNNING"}
 
@@ -95,24 +93,13 @@ def dbfault(signal_app: dict, mysql_settings: StoreSettings, tmp_path_factory: p
         try:
             proxy.start()  # let the app's Analytics flush whatever it still holds before it is deleted
             deploy(signal_app["dashboard"], _config(http_port, env, None), timeout_s=180)
-            _wait_deleted(signal_app["dashboard"], APP, timeout_s=180)  # later tests see the session's apps only
+            wait_deleted(signal_app["dashboard"], [APP], timeout_s=180)  # later tests see the session's apps only
         finally:
             proxy.close()
             admin = mysql_admin_connection()
             with admin.cursor() as cur:
                 cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
             admin.close()
-
-
-def _wait_deleted(dashboard: str, app: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        r = httpx.get(f"{dashboard}/api/serve/applications/", params={"api_type": "declarative"},
-                      headers=auth_headers(), timeout=10)
-        if r.status_code == 200 and app not in r.json().get("applications", {}):
-            return
-        time.sleep(1.0)
-    raise TimeoutError(f"application {app!r} still listed {timeout_s:.0f} s after its deletion")
 
 
 def _signal(ctx: dict, symbol: str = "SOL") -> httpx.Response:

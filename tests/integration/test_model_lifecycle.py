@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.serve_rest import auth_headers
+from serve_app.serve_rest import applications
 from serve_app.toolkit import lifecycle
 
 pytestmark = pytest.mark.integration
@@ -27,11 +27,8 @@ def run_models(*argv: str) -> int:
 
 
 def declarative(dashboard: str) -> dict:
-    r = httpx.get(f"{dashboard}/api/serve/applications/", params={"api_type": "declarative"},
-                  headers=auth_headers(), timeout=10)
-    r.raise_for_status()
     # an application another test module is still deleting is not part of what promote keeps
-    return {name: a for name, a in r.json()["applications"].items() if a.get("status") != "DELETING"}
+    return {name: a for name, a in applications(dashboard)["applications"].items() if a.get("status") != "DELETING"}
 
 
 def ml_model_version(app: dict) -> str:

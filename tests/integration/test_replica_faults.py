@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from serve_app.serve_rest import auth_headers
+from serve_app.serve_rest import applications, put_config, wait_deleted
 from tests.ray_helpers import serve_config_for_test
 
 pytestmark = pytest.mark.integration
@@ -42,18 +42,6 @@ KILL_STAGES = ["FeatureEngine", "MarketContext", "MLEngine", "Portfolio", "RiskM
 STAGE_TIMEOUT_BADMODEL_S = 1.0
 STAGE_TIMEOUT_SLOW_S = 2.0
 LOAD_S, KILL_AT_S = 30, 5  # hey runs 4 clients x 10 req/s; the replica dies 5 s in and has 25 s to come back
-
-
-def apps_status(dashboard: str) -> dict:
-    r = httpx.get(f"{dashboard}/api/serve/applications/", params={"api_type": "declarative"},
-                  headers=auth_headers(), timeout=10)
-    r.raise_for_status()
-    return r.json()
-
-
-def put(dashboard: str, config: dict) -> None:
-    r = httpx.put(f"{dashboard}/api/serve/applications/", json=config, headers=auth_headers(), timeout=60)
-    r.raise_for_status()
 
 
 def wait_for(predicate, timeout_s: float, what: str, period_s: float = 0.5):
@@ -71,7 +59,7 @@ def wait_for(predicate, timeout_s: float, what: str, period_s: float = 0.5):
 
 
 def running_replicas(dashboard: str, app: str, deployment: str) -> list[str]:
-    dep = apps_status(dashboard)["applications"][app]["deployments"][deployment]
+    dep = applications(dashboard)["applications"][app]["deployments"][deployment]
     return [r["actor_name"] for r in dep.get("replicas", []) if r.get("state") == "RUNNING"]
 
 
@@ -85,7 +73,7 @@ def fix_replicas(app: dict, replicas: int = 1) -> None:
 @pytest.fixture(scope="module")
 def fault_apps(signal_app: dict, tmp_path_factory: pytest.TempPathFactory):
     dashboard, env = signal_app["dashboard"], signal_app["env"]
-    before = apps_status(dashboard)
+    before = applications(dashboard)
     session_apps = [a["deployed_app_config"] for n, a in before["applications"].items() if n not in EXTRA]
     assert {a["name"] for a in session_apps} >= {"signals"}
 
@@ -113,10 +101,10 @@ def fault_apps(signal_app: dict, tmp_path_factory: pytest.TempPathFactory):
     fix_replicas(extras["badmodel"])
     extras["faulty"]["import_path"] = extras["slowstage"]["import_path"] = "tests.faulty_stage:build_faulty_app"
     cfg["applications"] = session_apps + [extras[n] for n in EXTRA]
-    put(dashboard, cfg)
+    put_config(dashboard, cfg)
     try:
         def up() -> bool:
-            apps = apps_status(dashboard)["applications"]
+            apps = applications(dashboard)["applications"]
             states = {n: apps.get(n, {}).get("status")
                       for n in ("faults", "faulty", "slowstage", *[a["name"] for a in session_apps])}
             failed = {n: apps[n].get("message") for n, s in states.items() if s == "DEPLOY_FAILED"}
@@ -129,9 +117,8 @@ def fault_apps(signal_app: dict, tmp_path_factory: pytest.TempPathFactory):
         slow["thread"].join(timeout=60)
     finally:
         cfg["applications"] = session_apps
-        put(dashboard, cfg)
-        wait_for(lambda: not set(EXTRA) & set(apps_status(dashboard)["applications"]), 120,
-                 "the fault-test applications to be deleted", period_s=1.0)
+        put_config(dashboard, cfg)
+        wait_deleted(dashboard, list(EXTRA), 120)
 
 
 # ------------------------------------------------------------------------------------------ (b) a stage raises
@@ -182,7 +169,7 @@ def test_corrupt_model_file_fails_ml_start_up_naming_the_file_and_health_says_so
     seen: list = []
 
     def ml_message() -> str | None:
-        dep = apps_status(dashboard)["applications"]["badmodel"]["deployments"]["MLEngine"]
+        dep = applications(dashboard)["applications"]["badmodel"]["deployments"]["MLEngine"]
         seen[:] = [dep.get("status"), (dep.get("message") or "")[-300:]]
         return dep.get("message") if str(bad_file) in (dep.get("message") or "") else None
 
