@@ -179,18 +179,23 @@ class Orchestrator(StageBase):
             records, self._outbox = self._outbox, []
             await self._persist(records)
 
-    async def _stages_without_replica(self) -> list[str]:
-        """The stages of this application that have no RUNNING replica now (the controller is starting a
-        replacement), from the Serve controller; [] when it cannot tell."""
-        def read() -> list[str]:
-            deployments = serve.status().applications[serve.get_replica_context().app_name].deployments
-            return [name for name, handle in self.stages.items()
-                    if not any(getattr(state, "value", state) == "RUNNING" and n > 0
-                               for state, n in deployments[handle.deployment_name].replica_states.items())]
+    async def _deployment_statuses(self) -> dict[str, Any] | None:
+        """This application's deployments (status, message, replica states) from the Serve controller;
+        None when it does not answer within 5 s."""
+        def read() -> dict[str, Any]:
+            return dict(serve.status().applications[serve.get_replica_context().app_name].deployments)
         try:
             return await asyncio.wait_for(asyncio.to_thread(read), timeout=5.0)
-        except Exception:  # noqa: BLE001 - no answer: treat the batch as timed out
-            return []
+        except Exception:  # noqa: BLE001 - the controller's view is a hint; callers decide without it
+            return None
+
+    async def _stages_without_replica(self) -> list[str]:
+        """The stages of this application that have no RUNNING replica now (the controller is starting a
+        replacement); [] when the controller cannot tell."""
+        deployments = await self._deployment_statuses() or {}
+        return [name for name, handle in self.stages.items() if handle.deployment_name in deployments
+                and not any(getattr(state, "value", state) == "RUNNING" and n > 0
+                            for state, n in deployments[handle.deployment_name].replica_states.items())]
 
     async def _failed_stage(self, chain: list[tuple[str, Any]], timeout: float) -> str:
         """The first stage of the chain that failed or has not answered. Each response gets at least
@@ -222,23 +227,13 @@ class Orchestrator(StageBase):
                 return await asyncio.wait_for(handle.health.remote(), timeout=5.0)
             except Exception as e:
                 reasons = [f"{name} did not answer: {type(e).__name__}"]
-                status = await deployment_status(handle)
-                if status:  # why Serve cannot run it, e.g. the constructor's error naming a model file
-                    reasons.append(f"{name} deployment {status}")
+                dep = (await self._deployment_statuses() or {}).get(handle.deployment_name)
+                if dep is not None:  # why Serve cannot run it, e.g. the constructor's error naming a model file
+                    message = " ".join(str(dep.message or "").split())
+                    state = getattr(dep.status, "value", dep.status)
+                    reasons.append(f"{name} deployment {state}: {message[-1500:]}" if message
+                                   else f"{name} deployment {state}")
                 return {"ok": False, "reasons": reasons}
-
-        async def deployment_status(handle: DeploymentHandle) -> str | None:
-            """The deployment's status and message from the Serve controller (None if unavailable)."""
-            def read() -> str | None:
-                app = serve.get_replica_context().app_name
-                dep = serve.status().applications[app].deployments[handle.deployment_name]
-                message = " ".join(str(dep.message or "").split())
-                state = getattr(dep.status, "value", dep.status)
-                return f"{state}: {message[-1500:]}" if message else str(state)
-            try:
-                return await asyncio.wait_for(asyncio.to_thread(read), timeout=5.0)
-            except Exception:  # noqa: BLE001 - the status is a hint, /health answers without it
-                return None
 
         names = list(self.stages)
         reports = await asyncio.gather(*(one(n, self.stages[n]) for n in names))
