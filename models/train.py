@@ -91,6 +91,11 @@ class SymbolData:
     fwd_sign: np.ndarray  # sign of the forward return (directional hit rate)
     split: Split = field(default_factory=lambda: Split(*(np.empty(0, np.int64),) * 3))
 
+    def valid(self) -> np.ndarray:
+        """Rows usable for fitting and scoring: every feature finite (past the warm-up), a label (its
+        horizon inside the data) and a momentum baseline value."""
+        return np.isfinite(self.X).all(axis=1) & (self.y >= 0) & np.isfinite(self.momentum)
+
 
 def build_symbol(candles, horizon: int, k: float, vol_period: int) -> SymbolData:
     X = compute_features(candles.open, candles.high, candles.low, candles.close, candles.volume)
@@ -269,7 +274,7 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
             skipped[sym] = f"{len(candles)} candles < {min_candles}"
         else:
             d = build_symbol(candles, horizon, k, vol_period)
-            valid = np.flatnonzero(np.isfinite(d.X).all(axis=1) & (d.y >= 0) & np.isfinite(d.momentum))
+            valid = np.flatnonzero(d.valid())
             d.split = time_split(valid, test_fraction, val_fraction, purge)
             datas.append(d)
         bar.update(1)

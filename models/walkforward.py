@@ -187,7 +187,7 @@ def walk_forward(candles: Sequence[Any], horizon: int = 4, k: float = 0.5, vol_p
     rng = np.random.default_rng(shuffle_labels) if shuffle_labels is not None else None
     for c in candles:
         d = build_symbol(c, horizon, k, vol_period)
-        valid = np.isfinite(d.X).all(axis=1) & (d.y >= 0) & np.isfinite(d.momentum)
+        valid = d.valid()
         if not valid.any():
             continue
         if rng is not None:
