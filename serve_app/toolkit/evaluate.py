@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-EVALUATION_FILE = "evaluation.json"
+from serve_app.toolkit.plots import pyplot, save
+
 CAUSALITY_CANDLES = 400
 
 
@@ -185,7 +186,7 @@ def evaluate(args: argparse.Namespace, feature_fn: Callable[..., Any] | None = N
     if version is not None:
         root = args.model_dir or settings.model_dir()
         record = json.dumps(evaluation_record(metrics, out), indent=2, default=registry._json_default)
-        registry.attach_file(version, EVALUATION_FILE, record + "\n", root=root)
+        registry.attach_file(version, registry.EVALUATION_FILE, record + "\n", root=root)
         text += f"evaluation summary attached to model {version}\n"
     return out, text
 
@@ -328,17 +329,8 @@ def format_report(m: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_calibration(path: Path, table: list[dict[str, Any]], dpi: int) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, axn) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     x = [r["mean_predicted"] for r in table]
     ax.plot([1 / 3, 1], [1 / 3, 1], "--", color="grey", label="perfectly calibrated")
@@ -350,15 +342,13 @@ def _plot_calibration(path: Path, table: list[dict[str, Any]], dpi: int) -> None
     axn.bar(x, [r["count"] for r in table], width=0.04)
     axn.set_xlabel("mean predicted probability (top class)")
     axn.set_ylabel("rows")
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    save(fig, path, dpi)
 
 
 def _plot_confusion(path: Path, cm: dict[str, Any], dpi: int) -> None:
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     counts = np.asarray(cm["counts"], dtype=float)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     names = cm["rows_true_cols_pred"]
@@ -374,15 +364,13 @@ def _plot_confusion(path: Path, cm: dict[str, Any], dpi: int) -> None:
     ax.set_ylabel("true")
     ax.set_title("Confusion (row share), out-of-sample")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    save(fig, path, dpi)
 
 
 def _plot_equity(path: Path, bt: Any, dpi: int) -> None:
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     t = np.asarray(bt.times, dtype="datetime64[ms]")
     fig, ax = plt.subplots(figsize=(7, 3.6))
     s, bh = bt.summary["strategy"], bt.summary["buy_and_hold"]
@@ -393,6 +381,4 @@ def _plot_equity(path: Path, bt: Any, dpi: int) -> None:
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    save(fig, path, dpi)

@@ -235,17 +235,13 @@ def format_report(summary: dict[str, Any]) -> str:
 
 def write_plots(summary: dict[str, Any], out: Path) -> list[Path]:
     """The three PNGs (names in PLOT_FILES) from a summary dict - works the same for --url."""
-    import matplotlib
+    from serve_app.toolkit.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / name for name in PLOT_FILES]
     for path, draw in zip(paths, (_plot_calibration, _plot_by_symbol, _plot_cumulative)):
-        fig = draw(plt, summary)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(draw(plt, summary), path, dpi=110)
     return paths
 
 
@@ -270,7 +266,6 @@ def _plot_calibration(plt: Any, summary: dict[str, Any]) -> Any:
     axn.set_xlim(0, 1)
     axn.set_xlabel("confidence (bars: bucket [lower, upper); points: the bucket's mean confidence)")
     axn.set_ylabel("scored")
-    fig.tight_layout()
     return fig
 
 
@@ -295,7 +290,6 @@ def _plot_by_symbol(plt: Any, summary: dict[str, Any]) -> Any:
     for ax in (a1, a2):
         ax.grid(axis="y", alpha=0.3)
         ax.tick_params(axis="x", rotation=45 if len(syms) > 6 else 0)
-    fig.tight_layout()
     return fig
 
 
@@ -315,5 +309,4 @@ def _plot_cumulative(plt: Any, summary: dict[str, Any]) -> Any:
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
-    fig.tight_layout()
     return fig
