@@ -144,6 +144,14 @@ class SQLStore(Store):
         with self._lock:
             return self._run(self.dialect.sql(sql), tuple(params) if mode != "executemany" else params, mode)
 
+    def _ascending(self, sql: str, params: list[Any], order: Sequence[str], limit: int | None) -> list[Any]:
+        """The rows of `sql` ascending by the `order` columns; with `limit`, the last `limit` of them
+        (selected newest first by the database, returned ascending)."""
+        if limit is None:
+            return self._q(f"{sql} ORDER BY {', '.join(order)}", params)
+        newest_first = ", ".join(f"{column} DESC" for column in order)
+        return self._q(f"{sql} ORDER BY {newest_first} LIMIT ?", [*params, int(limit)])[::-1]
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
@@ -198,11 +206,7 @@ class SQLStore(Store):
             conditions.append("open_time <= ?")
             params.append(int(until_ms))
         sql = f"SELECT open_time, {', '.join(_CANDLE_VALUES)} FROM candles{_where(conditions)}"
-        if limit is None:
-            rows = self._q(sql + " ORDER BY open_time", params)
-        else:
-            rows = self._q(sql + " ORDER BY open_time DESC LIMIT ?", [*params, int(limit)])[::-1]
-        return Candles.from_rows(symbol, timeframe, rows)
+        return Candles.from_rows(symbol, timeframe, self._ascending(sql, params, ("open_time",), limit))
 
     def list_symbols(self, timeframe: str) -> list[str]:
         rows = self._q("SELECT DISTINCT symbol FROM candles WHERE timeframe = ? ORDER BY symbol", [timeframe])
@@ -284,11 +288,7 @@ class SQLStore(Store):
             conditions.append("s.generated_at_ms >= ?")
             params.append(int(since_ms))
         sql = f"SELECT {_SIGNAL_SELECT} FROM signals s{_where(conditions)}"
-        if limit is None:
-            rows = self._q(sql + " ORDER BY s.generated_at_ms, s.signal_id", params)
-        else:
-            rows = self._q(sql + " ORDER BY s.generated_at_ms DESC, s.signal_id DESC LIMIT ?",
-                           [*params, int(limit)])[::-1]
+        rows = self._ascending(sql, params, ("s.generated_at_ms", "s.signal_id"), limit)
         return [row_to_dict(SIGNAL_COLUMNS, r, _SIGNAL_BOOLS) for r in rows]
 
     def count_signals(self) -> int:
