@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh clone:  make run   |   make test
 SHELL := /bin/bash
-PY_SYS ?= python3.11
+# Python 3.10-3.14 (Ray 2.60's range; tested on 3.11): scripts/find_python.sh picks an installed one, or
+# make run PY_SYS=/path/to/python3.x
+PY_SYS ?=
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -25,7 +27,8 @@ help:
 	@echo "make kuberay  regenerate serveConfigV2 in kuberay/rayservice.yaml from configs/serve_config.yaml"
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	@test -x $(PY) || { py=$$(scripts/find_python.sh $(PY_SYS)) \
+		&& echo "Creating $(VENV) with $$py ($$($$py --version 2>&1))" && $$py -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)

@@ -39,7 +39,7 @@ import httpx
 import numpy as np
 import yaml
 
-from scripts.ray_procs import pids_of
+from scripts.ray_procs import CLUSTER_ENV, ensure_token, pids_of
 from scripts.ray_procs import stop as stop_processes
 from serve_app.serve_rest import deploy, free_port
 
@@ -364,8 +364,10 @@ def ray_cluster(env_extra: dict[str, str]) -> Iterator[dict[str, Any]]:
     temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     gcs, dash, metrics = free_port(), free_port(), free_port()
     # metrics reported every second (Ray's default is 10 s) so batch sizes can be read right after a run
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_metrics_report_interval_ms": "1000", **env_extra}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_metrics_report_interval_ms": "1000",
+           CLUSTER_ENV: temp_dir, **env_extra}
     ray = str(Path(sys.executable).parent / "ray")
+    log(f"Ray auth token: {ensure_token(ray)}")
     subprocess.run([ray, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dash}", f"--metrics-export-port={metrics}", "--num-cpus=2",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=env, check=True,

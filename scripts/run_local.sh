@@ -14,6 +14,8 @@ export RAY_ADDRESS="127.0.0.1:$RAY_PORT"
 export RAY_SERVE_THROUGHPUT_OPTIMIZED="${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}"
 export RAY_SERVE_ENABLE_DIRECT_INGRESS="${RAY_SERVE_ENABLE_DIRECT_INGRESS:-0}"
 TEMP_DIR="/tmp/ray-signalgen-$RAY_PORT"   # short: Ray's socket paths must stay under 108 characters
+# every process of this cluster inherits it: `make stop` (scripts/ray_procs.py) finds them all by it
+export SIGNALGEN_RAY_TEMP_DIR="$TEMP_DIR"
 
 if "$BIN/ray" status --address "$RAY_ADDRESS" >/dev/null 2>&1; then
   echo "A Ray cluster already answers on $RAY_ADDRESS: run 'make stop' first." >&2
@@ -27,9 +29,11 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# `ray start` with token auth needs a token; created once (owner-only, never printed) where Ray looks for it
+"$BIN/python" scripts/ray_procs.py token
 "$BIN/ray" start --head --port="$RAY_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
   --metrics-export-port="$METRICS_PORT" --num-cpus=2 --temp-dir="$TEMP_DIR" --disable-usage-stats >/dev/null
-echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT   Ray metrics: http://127.0.0.1:$METRICS_PORT/metrics"
+echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT   Ray metrics: http://127.0.0.1:$METRICS_PORT/metrics   Ray temp dir: $TEMP_DIR"
 echo "Serving $SERVE_CONFIG on http://127.0.0.1:8000 (Ctrl-C to stop)"
 # serve run blocks; on Ctrl-C it shuts the application down itself, then cleanup stops the cluster.
 "$BIN/serve" run "$SERVE_CONFIG" || true

@@ -17,11 +17,11 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from serve_app.store import NewsItem, Store
+from serve_app.core.timeutil import parse_iso
 from serve_app.store.sample_data import iso_utc, timeframe_ms
 
 CANDLE_COLUMNS: tuple[str, ...] = ("timestamp", "open", "high", "low", "close", "volume")
@@ -132,11 +132,9 @@ def parse_timestamp(value: Any, name: str = "timestamp") -> int:
             raise RowError("bad_timestamp", f"{name} {value!r} is not epoch seconds or milliseconds")
         return round(numeric * 1000) if numeric < _SECONDS_BELOW else round(numeric)
     try:
-        parsed = datetime.fromisoformat(str(value))
+        parsed = parse_iso(str(value))
     except ValueError:
         raise RowError("bad_timestamp", f"{name} {value!r} is neither epoch s/ms nor ISO-8601") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
     return round(parsed.timestamp() * 1000)
 
 

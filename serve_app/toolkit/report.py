@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from serve_app.core.timeutil import parse_iso
 from serve_app.settings import DEFAULT_TIMEFRAME, PROJECT_ROOT
 
 SERVE_CONFIG = PROJECT_ROOT / "configs" / "serve_config.yaml"
@@ -73,12 +74,10 @@ def _parse_since(text: str | None) -> int | None:
     if not text:
         return None
     try:
-        dt = datetime.fromisoformat(text)
+        dt = parse_iso(text)
     except ValueError:
         raise ReportError(f"--since {text!r} is not an ISO date or date-time (e.g. 2026-11-01 or "
                           "2026-11-01T12:00)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp() * 1000)
 
 

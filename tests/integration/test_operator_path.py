@@ -19,6 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from scripts.ray_procs import CLUSTER_ENV
 from scripts.ray_procs import stop as stop_processes
 from serve_app.serve_rest import free_port, wait_running
 
@@ -71,7 +72,7 @@ def operator_cluster(rayservice: dict, sample_env: dict[str, str]) -> Iterator[d
     temp_dir = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     token = secrets.token_hex(16)
     gcs_port, dash_port = free_port(), free_port()
-    env = kuberay_env(rayservice["metadata"]["name"], token, sample_env)
+    env = {**kuberay_env(rayservice["metadata"]["name"], token, sample_env), CLUSTER_ENV: temp_dir}
     head_params = dict(spec["headGroupSpec"]["rayStartParams"])
     head_params.update({"dashboard-host": "127.0.0.1", "metrics-export-port": str(free_port())})
     metrics_ports = [int(head_params["metrics-export-port"])]
