@@ -16,9 +16,12 @@ ARG XGBOOST_PACKAGE=xgboost-cpu
 WORKDIR /home/ray/signalgen
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users serve_app ./serve_app
-COPY --chown=ray:users models ./models
 COPY --chown=ray:users configs ./configs
-RUN pip install --no-cache-dir . \
+# The service and its toolkit extra (ccxt, pandas, matplotlib): the serving path imports none of the extra,
+# but the jobs that run this same image (collector, evaluate, retrain) do. SIGNALGEN_HOME is where the
+# installed package's defaults (configs/, data/, models/artifacts/) resolve.
+ENV SIGNALGEN_HOME=/home/ray/signalgen
+RUN pip install --no-cache-dir ".[toolkit]" \
  && if [ "$XGBOOST_PACKAGE" != "xgboost-cpu" ]; then \
       pip uninstall -y xgboost-cpu && pip install --no-cache-dir "$XGBOOST_PACKAGE"; \
     fi \
@@ -31,8 +34,8 @@ USER root
 RUN mkdir -p /opt/signalgen/default-models && chown -R ray:users /opt/signalgen
 USER ray
 RUN export MYSQL_HOST= SIGNAL_DB_PATH=/tmp/signalgen-build.sqlite \
- && python -m serve_app.store seed \
- && MODEL_DIR=/opt/signalgen/default-models python -m models.train --quiet \
+ && signalgen store seed \
+ && MODEL_DIR=/opt/signalgen/default-models signalgen train --quiet \
  && test -s /opt/signalgen/default-models/CURRENT \
  && rm -f /tmp/signalgen-build.sqlite*
 

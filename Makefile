@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PY_SYS ?=
 VENV   := .venv
 PY     := $(VENV)/bin/python
+SIGNALGEN := $(VENV)/bin/signalgen
 STAMP  := $(VENV)/.installed
 RAY_PORT ?= 6380
 DASHBOARD_PORT ?= 8265
@@ -30,21 +31,21 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || { py=$$(scripts/find_python.sh $(PY_SYS)) \
 		&& echo "Creating $(VENV) with $$py ($$($$py --version 2>&1))" && $$py -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[toolkit,test]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
 
 # The embedded default: SQLite + synthetic sample data (re-anchored to now when stale), a trained model.
 setup: venv
-	$(PY) -m serve_app.store seed --if-missing-or-stale
-	$(PY) -m models.train --if-missing
+	$(SIGNALGEN) store seed --if-missing-or-stale
+	$(SIGNALGEN) train --if-missing
 
 seed-db: venv
-	$(PY) -m serve_app.store seed
+	$(SIGNALGEN) store seed
 
 train: venv
-	$(PY) -m models.train
+	$(SIGNALGEN) train
 
 model: train
 
@@ -60,7 +61,7 @@ stop:
 kuberay: venv
 	$(PY) kuberay/generate.py
 
-# The README's example plots (docs/img/) regenerated from the synthetic sample in a throw-away store.
+# The docs' example plots (docs/img/, shown in docs/training.md) regenerated from the synthetic sample in a throw-away store.
 docs-plots: venv
 	$(PY) scripts/docs_plots.py
 
@@ -76,7 +77,7 @@ hey:
 bench: setup hey
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-# Load test (not part of the tests): the seed's hey -n 1000 -c 10 with zero errors, then a 5-minute soak at a
+# Load test (not part of the tests): a burst test, hey -n 1000 -c 10, with zero errors, then a 5-minute soak at a
 # steady rate with Ray's memory sampled (growth <= 10%); writes bench/results/loadtest.json, exit 1 on a miss.
 LOADTEST_ARGS ?=
 loadtest: setup hey

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.registry import resolve
+from serve_app.training.registry import resolve
 from serve_app.core.model import SignalModel
 from serve_app.core.pipeline import LocalPipeline
-from serve_app.store.sample_data import SAMPLE_SYMBOLS, sample_candles
+from serve_app.core.records import Signal, SignalInput
+from serve_app.data.sample import SAMPLE_SYMBOLS, sample_candles
 from serve_app.store.sqlite_store import SQLiteStore
 
 BASE = list(SAMPLE_SYMBOLS)
@@ -47,20 +48,19 @@ def _measure(path: Path, names: list[str], model: SignalModel, history: int, rep
     prices = {s: float(pipe.cache.data[s].close[-1]) for s in names}
     now = int(time.time() * 1000)
     for s in picks[:30]:  # warm up
-        pipe.run([{"symbol": s, "price": prices[s], "asof_ms": now, "equity": None}])
+        pipe.run([SignalInput(s, prices[s], now)])
     one = []
     for s in picks:
         t = time.perf_counter()
-        ((status, _),) = pipe.run([{"symbol": s, "price": prices[s], "asof_ms": now, "equity": None}])
+        (result,) = pipe.run([SignalInput(s, prices[s], now)])
         one.append(time.perf_counter() - t)
-        assert status == 200
+        assert isinstance(result, Signal), result
     batch = []
     for k in range(0, reps, 32):
-        items = [{"symbol": s, "price": prices[s], "asof_ms": now, "equity": None} for s in picks[k:k + 32]]
+        items = [SignalInput(s, prices[s], now) for s in picks[k:k + 32]]
         t = time.perf_counter()
         pipe.run(items)
         batch.append((time.perf_counter() - t) / len(items))
-    pipe.pending_records.clear()
     return {"symbols": len(names), "history": history, "refresh_s": round(refresh_s, 3),
             "p50_ms_single": round(float(np.median(one)) * 1000, 3),
             "p50_ms_per_request_batch32": round(float(np.median(batch)) * 1000, 3)}

@@ -1,6 +1,6 @@
-"""`make loadtest`: the seed's load test and a bounded soak against the real graph, outside `make test`.
+"""`make loadtest`: a burst of requests and a bounded soak against the real graph, outside `make test`.
 
-1. the seed's test: `hey -n 1000 -c 10 -m POST ... /generate_signal` — every request must answer 200;
+1. the burst test: `hey -n 1000 -c 10 -m POST ... /generate_signal` — every request must answer 200;
 2. a soak: `--soak-seconds` (default 300) at a steady total rate (`--rate`, default 40 req/s; one hey per
    symbol, `-q` per worker) while the summed RSS of the Ray cluster's processes is sampled every
    `--sample-s` seconds. Memory growth = mean of the last window / mean of the first window after warm-up
@@ -33,7 +33,7 @@ import yaml
 
 from bench.run import (BODIES, CONFIG, RAY_ENV, RESULTS, MemorySampler, hey_binary, log, machine, ray_cluster,
                        summarize, warm_up)
-from serve_app.serve_rest import deploy, free_port
+from serve_app.cluster import deploy, free_port
 
 
 def hey(url: str, body: dict, args: list[str], timeout_s: float) -> dict[str, Any]:
@@ -70,8 +70,8 @@ def merge(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     return out
 
 
-def seed_test(url: str) -> dict[str, Any]:
-    """The seed's test, verbatim: hey -n 1000 -c 10 -m POST ... /generate_signal."""
+def burst_test(url: str) -> dict[str, Any]:
+    """hey -n 1000 -c 10 -m POST ... /generate_signal: 1000 requests from 10 clients as fast as they go."""
     r = hey(url, BODIES[0], ["-n", "1000", "-c", "10"], timeout_s=600)
     return merge([r], r["wall"])
 
@@ -132,15 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         deploy(cluster["dashboard"], cfg, timeout_s=300)
         url = f"http://127.0.0.1:{http_port}/generate_signal"
         warm_up(url)
-        log("seed test: hey -n 1000 -c 10 -m POST ... /generate_signal")
-        seed = seed_test(url)
-        log(f"seed test: {seed}")
+        log("burst test: hey -n 1000 -c 10 -m POST ... /generate_signal")
+        burst = burst_test(url)
+        log(f"burst test: {burst}")
         log(f"soak: {args.soak_seconds:g} s at {args.rate:g} req/s")
         sk = soak(url, cluster["temp_dir"], args.soak_seconds, args.rate, args.concurrency, args.sample_s)
         log(f"soak: { {k: v for k, v in sk.items() if k != 'memory'} }")
     mem = sk["memory"]
     checks = {
-        "seed_test_errors": {"value": seed["errors"], "target": "== 0", "met": seed["errors"] == 0},
+        "burst_test_errors": {"value": burst["errors"], "target": "== 0", "met": burst["errors"] == 0},
         "soak_errors": {"value": sk["errors"], "target": "== 0", "met": sk["errors"] == 0},
         "soak_memory_growth": {"value": mem["growth"], "target": f"<= {args.max_growth:g}",
                                "met": mem["growth"] is not None and mem["growth"] <= args.max_growth},
@@ -148,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "settings": {"ray_env": RAY_ENV, "serve_config": "configs/serve_config.yaml", **vars(args),
                            "output": str(args.output)},
-              "seed_test": seed, "soak": sk, "checks": checks, "elapsed_s": round(time.time() - started, 1)}
+              "burst_test": burst, "soak": sk, "checks": checks, "elapsed_s": round(time.time() - started, 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     print()
-    print(f"seed test (hey -n 1000 -c 10): {seed['requests']} requests, {seed['errors']} errors, "
-          f"{seed['rps']} req/s, p50 {seed['p50_ms']} ms, p99 {seed['p99_ms']} ms")
+    print(f"burst test (hey -n 1000 -c 10): {burst['requests']} requests, {burst['errors']} errors, "
+          f"{burst['rps']} req/s, p50 {burst['p50_ms']} ms, p99 {burst['p99_ms']} ms")
     print(f"soak ({sk['hey']}): {sk['requests']} requests, {sk['errors']} errors, {sk['rps']} req/s, "
           f"p50 {sk['p50_ms']} ms, p99 {sk['p99_ms']} ms")
     print(f"Ray RSS: first window {mem['first_window_mean_mb']} MB, last window {mem['last_window_mean_mb']} MB, "

@@ -10,10 +10,11 @@ from datetime import datetime, timezone
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from models.registry import resolve
+from serve_app.training.registry import resolve
 from serve_app.core.model import SignalModel
 from serve_app.core.pipeline import LocalPipeline
-from serve_app.schemas import SignalRequest
+from serve_app.api.schemas import SignalRequest, http_result
+from serve_app.core.records import SignalInput
 from serve_app.store import StoreError, open_store
 
 REFRESH_S = 30.0
@@ -22,6 +23,7 @@ FLUSH_S = 0.5
 pipeline = LocalPipeline(open_store, SignalModel.load(resolve("current")))
 pipeline.refresh()
 _store_lock = threading.Lock()
+pending_rows: list[dict] = []
 _writer_store = open_store()
 
 
@@ -30,13 +32,13 @@ def _background() -> None:
     ticks = 0
     while not stop.wait(FLUSH_S):
         ticks += 1
-        records, pipeline.pending_records = pipeline.pending_records, []
+        records, pending_rows[:] = list(pending_rows), []
         if records:
             try:
                 with _store_lock:
                     _writer_store.insert_signals(records)
             except StoreError:
-                pipeline.pending_records[:0] = records  # keep them for the next flush
+                pending_rows[:0] = records  # keep them for the next flush
         if ticks * FLUSH_S >= REFRESH_S:
             ticks = 0
             pipeline.refresh()
@@ -49,6 +51,8 @@ app = FastAPI(title="signalgen in one process (benchmark)")
 @app.post("/generate_signal")
 def generate_signal(req: SignalRequest) -> JSONResponse:
     asof = req.timestamp or datetime.now(timezone.utc)
-    ((status, body),) = pipeline.run([{"symbol": req.symbol, "price": req.price,
-                                       "asof_ms": int(asof.timestamp() * 1000), "equity": req.equity}])
+    (result,) = pipeline.run([SignalInput(req.symbol, req.price, int(asof.timestamp() * 1000), req.equity)])
+    status, body = http_result(result)
+    if status == 200:
+        pending_rows.append(result.row(body))  # written behind, as Analytics does
     return JSONResponse(body, status_code=status)

@@ -1,6 +1,6 @@
 """`make bench`: the signal graph against the floors it should be compared with, in one run.
 
-Scenarios, each at concurrency 1, 10 and 32 (the seed's requests, symbols mixed):
+Scenarios, each at concurrency 1, 10 and 32 (the README's requests, symbols mixed):
   inprocess      the stage code called directly (LocalPipeline), c requests as one batch: compute cost
   plain_uvicorn  the same stage code in one uvicorn process, no Ray
   noop_http      a no-op Serve FastAPI ingress behind the same proxy and HTTP options: Serve's floor
@@ -41,7 +41,7 @@ import yaml
 
 from scripts.ray_procs import CLUSTER_ENV, ensure_token, pids_of
 from scripts.ray_procs import stop as stop_processes
-from serve_app.serve_rest import deploy, free_port
+from serve_app.cluster import deploy, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -270,28 +270,29 @@ def batch_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, 
 def run_inprocess(concurrencies: list[int], duration_s: float) -> dict[str, Any]:
     """c requests as one batch through LocalPipeline; latency = the batch's time (what each of c requests
     that arrived together waits), per_request_ms = batch time / c."""
-    from models.registry import resolve
+    from serve_app.training.registry import resolve
     from serve_app.core.model import SignalModel
+    from serve_app.api.schemas import http_result
     from serve_app.core.pipeline import LocalPipeline
+    from serve_app.core.records import SignalInput
     from serve_app.store import open_store
 
     pipe = LocalPipeline(open_store, SignalModel.load(resolve("current")))
     pipe.refresh()
     out = {}
     for c in concurrencies:
-        items = [{**BODIES[i % len(BODIES)], "asof_ms": int(time.time() * 1000), "equity": None} for i in range(c)]
+        items = [SignalInput(BODIES[i % len(BODIES)]["symbol"], BODIES[i % len(BODIES)]["price"],
+                             int(time.time() * 1000)) for i in range(c)]
         for _ in range(20):
-            pipe.run([dict(it) for it in items])  # warm caches
+            pipe.run(items)  # warm caches
         lat, errors, t_end = [], 0, time.monotonic() + duration_s
         t0 = time.monotonic()
         while time.monotonic() < t_end:
-            batch = [dict(it) for it in items]
             s = time.perf_counter()
-            res = pipe.run(batch)
+            res = [http_result(r) for r in pipe.run(items)]   # the ingress's share too: the response bodies
             dt = time.perf_counter() - s
             errors += sum(1 for status, _ in res if status != 200)
             lat.extend([dt] * c)
-        pipe.pending_records.clear()
         summary = summarize(lat, errors, time.monotonic() - t0)
         summary["per_request_ms"] = round(summary["p50_ms"] / c, 3)
         out[str(c)] = summary
@@ -343,12 +344,12 @@ def bench_serve_config(http_port: int) -> dict:
     cfg["http_options"]["port"] = http_port
     orch = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "Orchestrator")
     cfg["applications"].append({
-        "name": "noop", "route_prefix": "/noop", "import_path": "serve_app.noop:app",
+        "name": "noop", "route_prefix": "/noop", "import_path": "bench.noop_app:app",
         "deployments": [{"name": "NoopIngress", "max_ongoing_requests": orch["max_ongoing_requests"],
                          "ray_actor_options": {"num_cpus": 0.02}}],
     })
     cfg["applications"].append({
-        "name": "chain", "route_prefix": "/chain", "import_path": "serve_app.noop:chain_app",
+        "name": "chain", "route_prefix": "/chain", "import_path": "bench.noop_app:chain_app",
         "args": {"hops": CHAIN_HOPS},
         "deployments": [{"name": "NoopChainIngress", "max_ongoing_requests": orch["max_ongoing_requests"],
                          "ray_actor_options": {"num_cpus": 0.02}},
@@ -364,8 +365,10 @@ def ray_cluster(env_extra: dict[str, str]) -> Iterator[dict[str, Any]]:
     temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     gcs, dash, metrics = free_port(), free_port(), free_port()
     # metrics reported every second (Ray's default is 10 s) so batch sizes can be read right after a run
+    # PYTHONPATH: the replicas import the benchmark's no-op apps (bench.noop_app) from this checkout
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_metrics_report_interval_ms": "1000",
-           CLUSTER_ENV: temp_dir, **env_extra}
+           CLUSTER_ENV: temp_dir, "PYTHONPATH": pythonpath, **env_extra}
     ray = str(Path(sys.executable).parent / "ray")
     log(f"Ray auth token: {ensure_token(ray)}")
     subprocess.run([ray, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",

@@ -1,4 +1,4 @@
-"""Regenerate the README's example plots (docs/img/evaluate_*.png, docs/img/report_*.png) from the
+"""Regenerate the docs' example plots (docs/img/evaluate_*.png, docs/img/report_*.png) from the
 synthetic sample, in a throw-away store and registry:
 
     .venv/bin/python scripts/docs_plots.py [--keep DIR]
@@ -10,6 +10,7 @@ from the candles and news published up to that hour only, then `signalgen report
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import os
 import shutil
 import sys
@@ -45,8 +46,9 @@ def generate_signals(store: Any, version_dir: Path) -> int:
     from tqdm import tqdm
 
     from serve_app.core.model import SignalModel
-    from serve_app.core.pipeline import LocalPipeline, iso_ms
-    from serve_app.store.sample_data import HOUR_MS
+    from serve_app.core.pipeline import LocalPipeline
+    from serve_app.core.records import Signal, SignalInput
+    from serve_app.core.timeutil import HOUR_MS, iso_ms
 
     model = SignalModel.load(version_dir)
     window = model.metadata["test_window"]
@@ -59,15 +61,12 @@ def generate_signals(store: Any, version_dir: Path) -> int:
         view.clock = t
         pipe.refresh()
         decided = t + HOUR_MS  # the candle opening at t has closed: that is when the signal is given
-        requests = [{"symbol": s, "price": float(pipe.cache.data[s].close[-1]), "asof_ms": decided}
-                    for s in symbols]
-        failed = [body for status, body in pipe.run(requests) if status != 200]
+        requests = [SignalInput(s, float(pipe.cache.data[s].close[-1]), decided) for s in symbols]
+        results = pipe.run(requests)
+        failed = [r for r in results if not isinstance(r, Signal)]
         if failed:
             raise RuntimeError(f"pipeline failed at {iso_ms(decided)}: {failed[:2]}")
-        for record in pipe.pending_records:
-            record.update(generated_at_ms=decided, generated_at=iso_ms(decided))
-        written += store.insert_signals(pipe.pending_records)
-        pipe.pending_records.clear()
+        written += store.insert_signals([replace(r, generated_at_ms=decided).row() for r in results])
     return written
 
 
@@ -79,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.update(SIGNAL_DB_PATH=str(work / "sample.sqlite"), MODEL_DIR=str(work / "models"), MYSQL_HOST="")
 
-    from models.train import train
+    from serve_app.training.train import train
     from serve_app.cli import main as signalgen
     from serve_app.store import open_store
-    from serve_app.store.sample_data import seed_store
+    from serve_app.data.sample import seed_store
 
     try:
         with open_store() as store:

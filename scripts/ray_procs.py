@@ -129,16 +129,21 @@ def stop(marker: str, grace_s: float = 15.0) -> list[int]:
     deadline = time.monotonic() + 60
     while serve_runs and set(serve_runs) & set(pids_of(marker)) and time.monotonic() < deadline:
         time.sleep(0.3)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_of(marker):
+    # SIGTERM until `grace_s` has passed, then SIGKILL, re-reading the process list every round: a raylet
+    # that is shutting down can still start a process (an agent) after the first round
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = pids_of(marker)
+        now = time.monotonic()
+        if not left or now > deadline + grace_s:
+            return left
+        sig = signal.SIGTERM if now < deadline else signal.SIGKILL
+        for pid in left:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + grace_s
-        while pids_of(marker) and time.monotonic() < deadline:
-            time.sleep(0.3)
-    return pids_of(marker)
+        time.sleep(0.3)
 
 
 def main(argv: list[str]) -> int:

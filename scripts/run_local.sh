@@ -10,7 +10,7 @@ export RAY_AUTH_MODE=token   # Ray clusters have token auth on; the serve CLI mu
 export RAY_ADDRESS="127.0.0.1:$RAY_PORT"
 # Serve's throughput-optimized mode (gRPC between replicas, user code on the replica's event loop) roughly
 # doubles what the graph sustains here; its direct ingress measured slower for this graph, so the HTTP
-# proxy stays (bench/results, README "Performance"). Set before `ray start`: the replicas inherit it.
+# proxy stays (bench/results, docs/performance.md). Set before `ray start`: the replicas inherit it.
 export RAY_SERVE_THROUGHPUT_OPTIMIZED="${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}"
 export RAY_SERVE_ENABLE_DIRECT_INGRESS="${RAY_SERVE_ENABLE_DIRECT_INGRESS:-0}"
 TEMP_DIR="/tmp/ray-signalgen-$RAY_PORT"   # short: Ray's socket paths must stay under 108 characters

@@ -9,10 +9,38 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TIMEFRAME = "1h"
+HOME_ENV = "SIGNALGEN_HOME"
+
+
+def _source_checkout() -> Path | None:
+    """The checkout this package runs from (an editable install, `make run`), else None (an installed copy:
+    the package directory is then inside site-packages, no place for data)."""
+    root = Path(__file__).resolve().parent.parent
+    marker = root / "pyproject.toml"
+    try:
+        if marker.is_file() and 'name = "signalgen"' in marker.read_text(encoding="utf-8"):
+            return root
+    except OSError:
+        pass
+    return None
+
+
+def project_home(env: dict[str, str] | None = None) -> Path:
+    """Where the defaults live (data/, models/artifacts/, configs/): $SIGNALGEN_HOME, else the source checkout
+    the package runs from, else the current directory - never the installed package's own directory."""
+    env = os.environ if env is None else env
+    if env.get(HOME_ENV):
+        return Path(env[HOME_ENV])
+    return _source_checkout() or Path.cwd()
+
+
+# the checkout's (or $SIGNALGEN_HOME's, or the working directory's) place for each, at import time
+PROJECT_ROOT = project_home()
 DEFAULT_SQLITE_PATH = PROJECT_ROOT / "data" / "crypto_prices.sqlite"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "artifacts"
-DEFAULT_TIMEFRAME = "1h"
+DEFAULT_SPILL_DIR = PROJECT_ROOT / "data" / "spill"
+SERVE_CONFIG = PROJECT_ROOT / "configs" / "serve_config.yaml"
 
 
 @dataclass(frozen=True)
@@ -56,4 +84,4 @@ def model_dir(env: dict[str, str] | None = None) -> Path:
 def spill_dir(env: dict[str, str] | None = None) -> Path:
     """Where Analytics journals signals the store could not take at shutdown (replayed on start)."""
     env = os.environ if env is None else env
-    return Path(env.get("SIGNAL_SPILL_DIR", str(PROJECT_ROOT / "data" / "spill")))
+    return Path(env.get("SIGNAL_SPILL_DIR", str(DEFAULT_SPILL_DIR)))

@@ -16,7 +16,9 @@ from unittest import mock
 from ray import serve
 
 import serve_app.app as app_module
-from serve_app.risk import RiskManager
+from serve_app.config import AppArgs
+from serve_app.core.records import Work
+from serve_app.deployments.risk_manager import RiskManager
 
 RAISE_SYMBOL = "ETH"
 SLOW_SYMBOL = "BTC"
@@ -24,8 +26,8 @@ SLOW_S = 45.0
 
 
 class _FaultyRisk(RiskManager.func_or_class):
-    async def assess(self, items: list[dict]) -> list[dict]:
-        symbols = {it.get("symbol") for it in items}
+    async def assess(self, items: list[Work]) -> list[Work]:
+        symbols = {w.input.symbol for w in items}
         if RAISE_SYMBOL in symbols:
             with self.timed():
                 raise RuntimeError(f"injected fault for {RAISE_SYMBOL}")
@@ -37,6 +39,6 @@ class _FaultyRisk(RiskManager.func_or_class):
 FaultyRisk = serve.deployment(name="RiskManager")(_FaultyRisk)
 
 
-def build_faulty_app(args: app_module.AppArgs | dict | None = None):
+def build_faulty_app(args: AppArgs | dict | None = None):
     with mock.patch.object(app_module, "RiskManager", FaultyRisk):
         return app_module.build_app(args)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from serve_app.store import OUTCOME_COLUMNS, SIGNAL_COLUMNS, NewsItem, Store
-from serve_app.store.sample_data import (
-    HOUR_MS, SAMPLE_SOURCE, SAMPLE_SYMBOLS, holds_sample_data, sample_candles, sample_is_stale, seed_store,
+from serve_app.core.timeutil import HOUR_MS
+from serve_app.data.sample import (
+    SAMPLE_SOURCE, SAMPLE_SYMBOLS, holds_sample_data, sample_candles, sample_is_stale, seed_store,
 )
 from serve_app.store.schema import LATEST_VERSION
 

@@ -13,14 +13,13 @@ import math
 import os
 import threading
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from serve_app.store.base import Candles, Store, StoreError
-from serve_app.store.sample_data import timeframe_ms
+from serve_app.core.timeutil import timeframe_ms, utc_day
 
 
 class WriteBehindBuffer:
@@ -173,7 +172,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         by_action[r["action"]].append(r)
         by_bucket[confidence_bucket(r["confidence"])].append(r)
         if r.get("generated_at_ms") is not None:
-            by_day[_utc_day(int(r["generated_at_ms"]))].append(r)
+            by_day[utc_day(int(r["generated_at_ms"]))].append(r)
     buckets = {f"{lo:.1f}-{hi:.1f}": {"lower": lo, "upper": hi, **_agg(v)} for (lo, hi), v in sorted(by_bucket.items())}
     gaps = [(b["scored"], abs(b["calibration_gap"])) for b in buckets.values() if b["scored"]]
     times = [int(r["generated_at_ms"]) for r in rows if r.get("generated_at_ms") is not None]
@@ -206,10 +205,6 @@ def _agg(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "total_return": float(np.sum(directional)),
         "directional": len(directional),
     }
-
-
-def _utc_day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def _directional(r: dict[str, Any]) -> float:

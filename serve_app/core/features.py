@@ -1,4 +1,4 @@
-"""The one feature function, shared by training (`models.train`) and serving (FeatureEngine).
+"""The one feature function, shared by training (`serve_app.training.train`) and serving (FeatureEngine).
 
 No ray, no pandas: vectorised numpy over OHLCV arrays. Every feature is price-normalised
 (log-returns, ratios, oscillators, z-scores), so BTC at 50,000 and SOL at 100 produce comparable
@@ -52,6 +52,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"dist_low_{p}" for p in HILO_PERIODS),
 )
 N_FEATURES = len(FEATURE_NAMES)
+# ATR as a share of the live price is one of the features: stops and sizing use the same number
+ATR_PCT = FEATURE_NAMES.index(f"atr_pct_{ATR_PERIOD}")
 
 
 def ema_length(alpha: float, tail: float = EMA_TAIL) -> int:

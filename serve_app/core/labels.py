@@ -16,6 +16,8 @@ from serve_app.core.features import realized_vol
 CLASSES: tuple[str, ...] = ("down", "flat", "up")
 DOWN, FLAT, UP = 0, 1, 2
 UNDEFINED = -1
+# the default label spec: 4 candles ahead, a flat band of 0.5 x the 48-candle volatility scaled to the horizon
+DEFAULT_HORIZON, DEFAULT_K, DEFAULT_VOL_PERIOD = 4, 0.5, 48
 
 
 def forward_return(close: np.ndarray, horizon: int) -> np.ndarray:
@@ -28,12 +30,14 @@ def forward_return(close: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
-def label_threshold(close: np.ndarray, horizon: int = 4, k: float = 0.5, vol_period: int = 48) -> np.ndarray:
+def label_threshold(close: np.ndarray, horizon: int = DEFAULT_HORIZON, k: float = DEFAULT_K,
+                    vol_period: int = DEFAULT_VOL_PERIOD) -> np.ndarray:
     """k * realized_vol(close, vol_period)[t] * sqrt(horizon) (NaN during the volatility warm-up)."""
     return k * realized_vol(close, vol_period) * math.sqrt(horizon)
 
 
-def make_labels(close: np.ndarray, horizon: int = 4, k: float = 0.5, vol_period: int = 48) -> np.ndarray:
+def make_labels(close: np.ndarray, horizon: int = DEFAULT_HORIZON, k: float = DEFAULT_K,
+                    vol_period: int = DEFAULT_VOL_PERIOD) -> np.ndarray:
     """int8 labels: 0=down, 1=flat, 2=up, -1 where undefined (volatility warm-up: t < vol_period;
     the last `horizon` rows; non-finite prices)."""
     if horizon < 1:

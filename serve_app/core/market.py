@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.core.records import ErrorCode, MarketView, StageError
 from serve_app.store.base import NewsItem
 
 REFERENCE_SYMBOL = "BTC"
 
 
 class MarketConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled key is an error, not a silent default
     sentiment_half_life_hours: float = Field(12.0, gt=0)
     news_lookback_hours: float = Field(72.0, gt=0)
     symbol_sentiment_weight: float = Field(0.7, ge=0, le=1, description="rest goes to market-wide news")
@@ -114,7 +116,7 @@ def _lookback_return(closes: np.ndarray, lookback: int) -> float:
 
 
 def compute_contexts(symbols: Sequence[str], prices: Sequence[float], now_ms: Sequence[int],
-                     snap: MarketSnapshot, cfg: MarketConfig) -> list[dict]:
+                     snap: MarketSnapshot, cfg: MarketConfig) -> list[MarketView | StageError]:
     """Market context for each (symbol, live price, as-of time) of a batch.
 
     - sentiment: symbol news blended with market-wide news, time-decayed, in [-1, 1]
@@ -130,7 +132,7 @@ def compute_contexts(symbols: Sequence[str], prices: Sequence[float], now_ms: Se
     for sym, price, t in zip(symbols, prices, now_ms):
         ser = snap.series.get(sym)
         if ser is None or ser.closes.size < 3:
-            out.append({"ok": False, "error": "unknown_symbol"})
+            out.append(StageError(ErrorCode.UNKNOWN_SYMBOL, f"no market data for symbol {sym!r}"))
             continue
         closes = ser.closes.copy()
         closes[-1] = price
@@ -150,13 +152,7 @@ def compute_contexts(symbols: Sequence[str], prices: Sequence[float], now_ms: Se
             regime = "trending"
         else:
             regime = "ranging"
-        out.append({
-            "ok": True,
-            "sentiment": round(sentiment, 6),
-            "market_sentiment": round(mkt_sent, 6),
-            "momentum": round(momentum, 6),
-            "breadth": round(breadth, 6),
-            "regime": regime,
-            "news_count": n_sym,
-        })
+        out.append(MarketView(sentiment=round(sentiment, 6), market_sentiment=round(mkt_sent, 6),
+                              momentum=round(momentum, 6), breadth=round(breadth, 6), regime=regime,
+                              news_count=n_sym))
     return out

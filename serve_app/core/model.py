@@ -134,9 +134,3 @@ class SignalModel:
             return np.empty((0, len(self.classes)), dtype=np.float64)
         raw = np.asarray(self.booster.inplace_predict(X), dtype=np.float64).reshape(X.shape[0], -1)
         return calibrate(raw, self.temperature)
-
-    def summary(self) -> dict[str, Any]:
-        m = self.metadata
-        return {"version": self.version, "created_at": m.get("created_at"), "timeframe": m.get("timeframe"),
-                "label": m.get("label"), "temperature": self.temperature, "n_features": len(self.feature_names),
-                "metrics": {k: (m.get("metrics") or {}).get(k) for k in ("accuracy", "log_loss")}}

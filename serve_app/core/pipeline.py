@@ -1,99 +1,86 @@
-"""The per-batch work of every stage as plain functions over lists of item dicts (no ray import).
+"""The per-batch work of every stage as plain functions over typed records (core/records.py; no ray, no
+HTTP import).
 
 The deployments are thin adapters around these; `LocalPipeline` chains them in one process (the
-plain-uvicorn and in-process benchmarks, and anyone who wants signals without Ray). An item starts as a
-request {"symbol", "price", "asof_ms", "equity"} and each stage adds its keys; an item whose "ok" is false
-carries "error"/"message" and passes through the later stages untouched.
+plain-uvicorn and in-process benchmarks, and anyone who wants signals without Ray). A batch starts as a
+list of SignalInput; each stage returns new Work records with its part filled in, and a Work that failed
+carries its StageError through the later stages untouched. `finish_batch` turns the batch into Signals
+(or the StageError of each request that got none).
 """
 from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import numpy as np
 
 from serve_app.core.cache import CandleCache
-from serve_app.core.features import ATR_PERIOD, FEATURE_NAMES, WARMUP, serving_features, serving_features_batch
+from serve_app.core.features import ATR_PCT, FEATURE_NAMES, WARMUP, serving_features, serving_features_batch
 from serve_app.core.market import MarketConfig, MarketSnapshot, build_snapshot, compute_contexts
 from serve_app.core.model import SignalModel
+from serve_app.core.records import (CandleFacts, ErrorCode, MarketView, Prediction, Signal, SignalInput, Sizing,
+                                    StageError, Work)
 from serve_app.core.trading import (ExposureBook, PortfolioConfig, RiskConfig, TradeConfig, assess,
-                                    decide_actions, probabilities_dict, size_positions)
-from serve_app.schemas import CLASS_NAMES, signal_record
+                                    decide_actions, size_positions)
 from serve_app.store.base import Store, StoreError
 
-# ATR as a share of the live price is one of the features: stops and sizing use the same number
-ATR_PCT = FEATURE_NAMES.index(f"atr_pct_{ATR_PERIOD}")
-ERROR_STATUS = {"unknown_symbol": 404, "insufficient_history": 404, "store_unavailable": 503}
-
-
 # ------------------------------------------------------------------------------------------- features
-def _candles_or_error(cache: CandleCache, symbol: str) -> tuple[Any, dict[str, Any] | None]:
+def _candles_or_error(cache: CandleCache, symbol: str) -> tuple[Any, StageError | None]:
     candles = cache.data.get(symbol)
     if candles is None or len(candles) == 0:
         if cache.last_refresh_ok is None and cache.last_error:
-            return None, {"ok": False, "error": "store_unavailable",
-                          "message": f"market data store unreachable and no cached candles: {cache.last_error}"}
-        return None, {"ok": False, "error": "unknown_symbol", "message": f"no candles for symbol {symbol!r}"}
+            return None, StageError(ErrorCode.STORE_UNAVAILABLE,
+                                    f"market data store unreachable and no cached candles: {cache.last_error}")
+        return None, StageError(ErrorCode.UNKNOWN_SYMBOL, f"no candles for symbol {symbol!r}")
     if len(candles) < WARMUP + 1:
-        return None, {"ok": False, "error": "insufficient_history",
-                      "message": f"{symbol} has {len(candles)} candles, {WARMUP + 1} needed"}
+        return None, StageError(ErrorCode.INSUFFICIENT_HISTORY,
+                                f"{symbol} has {len(candles)} candles, {WARMUP + 1} needed")
     return candles, None
 
 
-def _feature_fields(cache: CandleCache, symbol: str, candles: Any, price: float, vec: np.ndarray) -> dict[str, Any]:
+def _with_features(cache: CandleCache, work: Work, candles: Any, vec: np.ndarray) -> Work:
+    symbol, price = work.input.symbol, work.input.price
     if not np.all(np.isfinite(vec)):
         bad = [FEATURE_NAMES[i] for i in np.flatnonzero(~np.isfinite(vec))]
-        return {"ok": False, "error": "insufficient_history",
-                "message": f"{symbol}: features not computable from the cached candles ({', '.join(bad[:5])})"}
+        return work.failed(StageError(ErrorCode.INSUFFICIENT_HISTORY,
+                                      f"{symbol}: features not computable from the cached candles "
+                                      f"({', '.join(bad[:5])})"))
     atr_pct = float(vec[ATR_PCT])
-    return {
-        "ok": True,
-        "error": None,
-        "features": vec.tolist(),
-        "last_close": float(candles.close[-1]),
-        "last_open_time_ms": int(candles.open_time[-1]),
-        "atr": atr_pct * price,
-        "atr_pct": atr_pct,
-        "candles_cached": len(candles),
-        "cache_age_s": cache.age_s(),
+    return work.with_(features=vec, candle=CandleFacts(
+        last_close=float(candles.close[-1]), last_open_time_ms=int(candles.open_time[-1]), atr=atr_pct * price,
+        atr_pct=atr_pct, candles_cached=len(candles), cache_age_s=cache.age_s(),
         # the last refresh failed: these candles are the last ones cached, cache_age_s old
-        "store_reachable": cache.last_error is None,
-    }
+        store_reachable=cache.last_error is None))
 
 
-def feature_result(cache: CandleCache, symbol: str, price: float) -> dict[str, Any]:
+def feature_result(cache: CandleCache, request: SignalInput) -> Work:
     """Features for one request from the candle cache; the request's price is the current bar's close."""
-    candles, err = _candles_or_error(cache, symbol)
+    work = Work(request)
+    candles, err = _candles_or_error(cache, request.symbol)
     if err is not None:
-        return err
-    return _feature_fields(cache, symbol, candles, price, serving_features(candles, price))
+        return work.failed(err)
+    return _with_features(cache, work, candles, serving_features(candles, request.price))
 
 
-def compute_features_batch(cache: CandleCache, requests: list[dict]) -> list[dict]:
+def compute_features_batch(cache: CandleCache, requests: list[SignalInput]) -> list[Work]:
     """Every request of a batch: one vectorised feature computation for all that have enough candles."""
-    out: list[dict] = [dict(r) for r in requests]
+    out = [Work(r) for r in requests]
     valid: list[tuple[int, Any]] = []
     for i, r in enumerate(requests):
-        candles, err = _candles_or_error(cache, r["symbol"])
+        candles, err = _candles_or_error(cache, r.symbol)
         if err is not None:
-            out[i].update(err)
+            out[i] = out[i].failed(err)
         else:
             valid.append((i, candles))
     if valid:
-        X = serving_features_batch([c for _, c in valid], [requests[i]["price"] for i, _ in valid])
+        X = serving_features_batch([c for _, c in valid], [requests[i].price for i, _ in valid])
         for (i, candles), vec in zip(valid, X):
-            r = requests[i]
-            out[i].update(_feature_fields(cache, r["symbol"], candles, r["price"], vec))
+            out[i] = _with_features(cache, out[i], candles, vec)
     return out
 
 
 # ------------------------------------------------------------------------------------------- market
-def request_time_ms(r: dict) -> int:
-    return int(r.get("asof_ms") or time.time() * 1000)
-
-
 def refresh_market(cache: CandleCache, cfg: MarketConfig, previous: MarketSnapshot | None,
                    on_query: Callable[[str, float, bool], None] | None = None
                    ) -> tuple[MarketSnapshot | None, str | None]:
@@ -118,118 +105,70 @@ def refresh_market(cache: CandleCache, cfg: MarketConfig, previous: MarketSnapsh
     return (build_snapshot(closes, news, cfg, now_ms) if closes else previous), error
 
 
-def market_batch(snapshot: MarketSnapshot | None, cfg: MarketConfig, requests: list[dict],
-                 unavailable: str = "") -> list[dict]:
+def market_batch(snapshot: MarketSnapshot | None, cfg: MarketConfig, requests: list[SignalInput],
+                 unavailable: str = "") -> list[MarketView | StageError]:
     if snapshot is None:
-        return [{"ok": False, "error": "store_unavailable", "message": f"market context has no data: {unavailable}"}
+        return [StageError(ErrorCode.STORE_UNAVAILABLE, f"market context has no data: {unavailable}")
                 for _ in requests]
-    return compute_contexts([r["symbol"] for r in requests], [r["price"] for r in requests],
-                            [request_time_ms(r) for r in requests], snapshot, cfg)
+    return compute_contexts([r.symbol for r in requests], [r.price for r in requests],
+                            [r.asof_ms for r in requests], snapshot, cfg)
 
 
 # ------------------------------------------------------------------------------------------- ML
-def predict_batch(model: SignalModel, items: list[dict]) -> int:
-    """One inplace_predict over every item that has features; returns the number of rows predicted."""
-    live = [it for it in items if it.get("ok")]
+def predict_batch(model: SignalModel, works: list[Work]) -> tuple[list[Work], int]:
+    """One inplace_predict over every Work that has features; returns the new records (features dropped:
+    nothing downstream needs them) and the number of rows predicted."""
+    live = [i for i, w in enumerate(works) if w.ok]
     if not live:
-        return 0
-    X = np.asarray([it["features"] for it in live], dtype=np.float32)
+        return works, 0
+    X = np.asarray([works[i].features for i in live], dtype=np.float32)
     probs = model.predict_proba(X)
     actions, conf = decide_actions(probs)
-    for it, p, a, c in zip(live, probs, actions, conf):
-        it["probabilities"] = probabilities_dict(p)
-        it["action"] = a
-        it["confidence"] = float(c)
-        it["model_version"] = model.version
-        del it["features"]  # not needed downstream
-    return len(live)
+    out = list(works)
+    for i, p, a, c in zip(live, probs, actions, conf):
+        out[i] = works[i].with_(features=None, prediction=Prediction(
+            probabilities=tuple(float(x) for x in p), action=a, confidence=float(c), model_version=model.version))
+    return out, len(live)
 
 
 # ------------------------------------------------------------------------------------------- portfolio
-def size_batch(items: list[dict], contexts: list[dict], trade: TradeConfig, cfg: PortfolioConfig) -> list[dict]:
-    """Merge market context into each item and size the ones that have a prediction."""
-    for it, ctx in zip(items, contexts):
-        it["market_context"] = ctx
-        if it.get("ok") and not ctx.get("ok"):
-            it.update(ok=False, error=ctx.get("error"), message=ctx.get("message"))
-    live = [it for it in items if it.get("ok")]
+def size_batch(works: list[Work], contexts: list[MarketView | StageError], trade: TradeConfig,
+               cfg: PortfolioConfig) -> list[Work]:
+    """Attach each request's market context, and size the ones that have a prediction."""
+    out: list[Work] = []
+    for w, ctx in zip(works, contexts):
+        if not w.ok:
+            out.append(w)
+        elif isinstance(ctx, StageError):
+            out.append(w.failed(ctx))
+        else:
+            out.append(w.with_(market=ctx))
+    live = [i for i, w in enumerate(out) if w.ok]
     if live:
-        probs = np.asarray([[it["probabilities"][c] for c in CLASS_NAMES] for it in live])
-        price = np.asarray([it["price"] for it in live], dtype=np.float64)
-        equity = np.asarray([it.get("equity") or cfg.equity for it in live], dtype=np.float64)
-        sized = size_positions([it["action"] for it in live], probs, price,
-                               np.asarray([it["atr"] for it in live]), equity,
-                               [it["market_context"]["regime"] for it in live], trade, cfg)
-        for i, it in enumerate(live):
-            it["equity"] = float(equity[i])
-            it["notional"] = float(sized["notional"][i])
-            it["kelly_fraction"] = float(sized["kelly"][i])
-            it["vol_cap_fraction"] = float(sized["vol_cap"][i])
-    return items
+        ws = [out[i] for i in live]
+        probs = np.asarray([w.prediction.probabilities for w in ws])
+        price = np.asarray([w.input.price for w in ws], dtype=np.float64)
+        equity = np.asarray([w.input.equity or cfg.equity for w in ws], dtype=np.float64)
+        sized = size_positions([w.prediction.action for w in ws], probs, price,
+                               np.asarray([w.candle.atr for w in ws]), equity,
+                               [w.market.regime for w in ws], trade, cfg)
+        for j, i in enumerate(live):
+            out[i] = out[i].with_(sizing=Sizing(equity=float(equity[j]), notional=float(sized["notional"][j]),
+                                                kelly_fraction=float(sized["kelly"][j]),
+                                                vol_cap_fraction=float(sized["vol_cap"][j])))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- risk
-def assess_batch(items: list[dict], trade: TradeConfig, cfg: RiskConfig, book: ExposureBook) -> list[dict]:
-    for it in items:
-        if it.get("ok"):
-            it.update(assess(it, trade, cfg, book))
-    return items
+def assess_batch(works: list[Work], trade: TradeConfig, cfg: RiskConfig, book: ExposureBook) -> list[Work]:
+    return [w.with_(verdict=assess(w, trade, cfg, book)) if w.ok else w for w in works]
 
 
-# ------------------------------------------------------------------------------------------- response
-def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def build_response(it: dict[str, Any], timeframe: str, now_ms: int) -> dict[str, Any]:
-    """The public signal from an item that went through every stage."""
-    ctx = {k: v for k, v in it["market_context"].items() if k not in ("ok", "error", "message")}
-    return {
-        "signal_id": uuid.uuid4().hex,
-        "symbol": it["symbol"],
-        "timeframe": timeframe,
-        "price": it["price"],
-        "action": it["action"],
-        "confidence": round(it["confidence"], 6),
-        "probabilities": {k: round(v, 6) for k, v in it["probabilities"].items()},
-        "position": it["position"],
-        "risk": it["risk"],
-        "market_context": ctx,
-        "model_version": it["model_version"],
-        "generated_at": iso_ms(now_ms),
-        "data": {
-            "as_of": iso_ms(it["asof_ms"]),
-            "last_close": it["last_close"],
-            "last_candle_open": iso_ms(it["last_open_time_ms"]),
-            "atr": it["atr"],
-            "atr_pct": it["atr_pct"],
-            "equity": it["equity"],
-            "kelly_fraction": it.get("kelly_fraction"),
-            "vol_cap_fraction": it.get("vol_cap_fraction"),
-            "candles_cached": it["candles_cached"],
-            "cache_age_s": it["cache_age_s"],
-            # false when the candle cache's last refresh from the store failed: the signal was then
-            # computed from the candles cached before the outage (cache_age_s says how old they are)
-            "store_reachable": it.get("store_reachable", True),
-            "served_from_cache": not it.get("store_reachable", True),
-        },
-    }
-
-
-def finish_batch(items: list[dict], timeframe: str) -> tuple[list[tuple[int, dict]], list[dict]]:
-    """(HTTP status, body) per item, and the store records of the signals to persist."""
+# ------------------------------------------------------------------------------------------- the end
+def finish_batch(works: list[Work], timeframe: str) -> list[Signal | StageError]:
+    """A Signal for every request that went through every stage, else the StageError it met."""
     now_ms = int(time.time() * 1000)
-    results: list[tuple[int, dict]] = []
-    records: list[dict] = []
-    for it in items:
-        if not it.get("ok"):
-            err = it.get("error") or "unknown"
-            results.append((ERROR_STATUS.get(err, 500), {"detail": it.get("message") or err, "error": err}))
-            continue
-        resp = build_response(it, timeframe, now_ms)
-        records.append(signal_record(resp, now_ms))
-        results.append((200, resp))
-    return results, records
+    return [Signal(uuid.uuid4().hex, timeframe, now_ms, w) if w.ok else w.error for w in works]
 
 
 # ------------------------------------------------------------------------------------------- one process
@@ -246,18 +185,15 @@ class LocalPipeline:
         self.book = ExposureBook(self.risk.position_ttl_s)
         self.cache = CandleCache(store_factory, timeframe, window=max(market_history, WARMUP + 1))
         self.snapshot: MarketSnapshot | None = None
-        self.pending_records: list[dict] = []
 
     def refresh(self) -> None:
         """Candles and news into memory (call it off the request path, e.g. on a timer)."""
         self.snapshot, _ = refresh_market(self.cache, self.market, self.snapshot)
 
-    def run(self, requests: list[dict]) -> list[tuple[int, dict]]:
-        items = compute_features_batch(self.cache, requests)
+    def run(self, requests: list[SignalInput]) -> list[Signal | StageError]:
+        works = compute_features_batch(self.cache, requests)
         contexts = market_batch(self.snapshot, self.market, requests, self.cache.last_error or "")
-        predict_batch(self.model, items)
-        size_batch(items, contexts, self.trade, self.portfolio)
-        assess_batch(items, self.trade, self.risk, self.book)
-        results, records = finish_batch(items, self.timeframe)
-        self.pending_records.extend(records)  # written behind by the caller (see bench/plain_app.py)
-        return results
+        works, _ = predict_batch(self.model, works)
+        works = size_batch(works, contexts, self.trade, self.portfolio)
+        works = assess_batch(works, self.trade, self.risk, self.book)
+        return finish_batch(works, self.timeframe)

@@ -11,21 +11,22 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.schemas import CLASS_NAMES
-
-DOWN, FLAT, UP = 0, 1, 2
+from serve_app.core.labels import DOWN, UP
+from serve_app.core.records import Verdict, Work
 
 
 class TradeConfig(BaseModel):
     """Parameters shared by portfolio and risk so stops and sizing agree."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelled key is an error, not a silent default
     stop_atr_mult: float = Field(2.0, gt=0, description="stop-loss distance in ATRs")
     take_profit_atr_mult: float = Field(3.0, gt=0, description="take-profit distance in ATRs")
 
 
 class PortfolioConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled key is an error, not a silent default
     equity: float = Field(100_000.0, gt=0, description="default account equity (quote currency)")
     kelly_fraction: float = Field(0.25, gt=0, le=1, description="fraction of the full Kelly bet")
     risk_per_trade: float = Field(0.01, gt=0, le=0.2,
@@ -36,6 +37,7 @@ class PortfolioConfig(BaseModel):
 
 
 class RiskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled key is an error, not a silent default
     min_confidence: float = Field(0.45, ge=0, le=1)
     max_symbol_fraction: float = Field(0.2, gt=0, le=1, description="notional cap per symbol, share of equity")
     max_total_exposure_fraction: float = Field(0.6, gt=0, le=5, description="cap on all open notional")
@@ -107,14 +109,14 @@ class ExposureBook:
             self.positions.pop(symbol, None)
 
 
-def assess(item: dict, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, now: float | None = None) -> dict:
-    """Risk verdict for one sized signal. `item` carries action, confidence, price, last_close, atr,
-    atr_pct, last_open_time_ms, asof_ms, equity, notional. Returns the risk dict and the final position.
+def assess(work: Work, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, now: float | None = None) -> Verdict:
+    """Risk verdict for one sized signal: `work` has its input, candle facts, prediction and sizing.
 
     Every block names its reason; caps shrink the position and say so."""
     now = time.time() if now is None else now
-    action, price, atr = item["action"], float(item["price"]), float(item["atr"])
-    equity = float(item["equity"])
+    inp, candle, pred, sizing = work.input, work.candle, work.prediction, work.sizing
+    action, price, atr = pred.action, float(inp.price), float(candle.atr)
+    equity = float(sizing.equity)
     reasons: list[str] = []
     blocked = False
     if action == "HOLD":
@@ -126,31 +128,32 @@ def assess(item: dict, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, 
         tp = price + sign * trade.take_profit_atr_mult * atr
         if stop <= 0:  # a SELL's stop is above, a BUY's below; a stop at or below zero is meaningless
             stop = price * 0.01
-    age_s = (item["asof_ms"] - item["last_open_time_ms"]) / 1000.0
+    age_s = (inp.asof_ms - candle.last_open_time_ms) / 1000.0
+    deviation = abs(price / candle.last_close - 1)
     checks = [
-        (item["confidence"] < cfg.min_confidence,
-         f"confidence {item['confidence']:.3f} below minimum {cfg.min_confidence:.2f}"),
-        (item["atr_pct"] > cfg.max_atr_pct,
-         f"volatility circuit breaker: ATR {item['atr_pct']:.2%} of price exceeds {cfg.max_atr_pct:.2%}"),
+        (pred.confidence < cfg.min_confidence,
+         f"confidence {pred.confidence:.3f} below minimum {cfg.min_confidence:.2f}"),
+        (candle.atr_pct > cfg.max_atr_pct,
+         f"volatility circuit breaker: ATR {candle.atr_pct:.2%} of price exceeds {cfg.max_atr_pct:.2%}"),
         (age_s > cfg.max_data_age_s,
          f"stale data: last candle opened {age_s / 3600:.1f} h before the signal time "
          f"(limit {cfg.max_data_age_s / 3600:.1f} h)"),
-        (abs(price / item["last_close"] - 1) > cfg.max_price_deviation,
-         f"price sanity: {price:g} is {abs(price / item['last_close'] - 1):.1%} from the last close "
-         f"{item['last_close']:g} (limit {cfg.max_price_deviation:.0%})"),
+        (deviation > cfg.max_price_deviation,
+         f"price sanity: {price:g} is {deviation:.1%} from the last close "
+         f"{candle.last_close:g} (limit {cfg.max_price_deviation:.0%})"),
     ]
     if action != "HOLD":
         for failed, why in checks:
             if failed:
                 blocked = True
                 reasons.append("blocked: " + why)
-    notional = float(item["notional"]) if action != "HOLD" and not blocked else 0.0
+    notional = float(sizing.notional) if action != "HOLD" and not blocked else 0.0
     if notional > 0:
         cap = cfg.max_symbol_fraction * equity
         if notional > cap:
             reasons.append(f"capped: notional {notional:,.2f} above per-symbol cap {cap:,.2f}")
             notional = cap
-        room = cfg.max_total_exposure_fraction * equity - book.total_excluding(item["symbol"], now)
+        room = cfg.max_total_exposure_fraction * equity - book.total_excluding(inp.symbol, now)
         if notional > room:
             if room <= 0:
                 blocked = True
@@ -165,21 +168,14 @@ def assess(item: dict, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, 
         reasons.append("blocked: position size is zero (no Kelly edge at this payoff ratio)")
     approved = action != "HOLD" and not blocked
     if approved:
-        book.set(item["symbol"], notional, now)
+        book.set(inp.symbol, notional, now)
     size = notional / price if approved else 0.0
-    return {
-        "risk": {"approved": approved, "stop_loss": _round_price(stop), "take_profit": _round_price(tp),
-                 "reasons": reasons},
-        "position": {"size": size, "notional": size * price,
-                     "fraction_of_equity": min(size * price / equity, 1.0) if equity > 0 else 0.0},
-    }
+    return Verdict(approved=approved, stop_loss=_round_price(stop), take_profit=_round_price(tp),
+                   reasons=tuple(reasons), size=size, notional=size * price,
+                   fraction_of_equity=min(size * price / equity, 1.0) if equity > 0 else 0.0)
 
 
 def _round_price(x: float | None) -> float | None:
     if x is None or not math.isfinite(x):
         return None
     return float(f"{x:.8g}")
-
-
-def probabilities_dict(row: np.ndarray) -> dict[str, float]:
-    return {name: float(p) for name, p in zip(CLASS_NAMES, row)}

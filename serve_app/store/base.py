@@ -67,7 +67,7 @@ class NewsItem:
 
 
 # Columns of the `signals` table, in order. Every field of the response is stored; the nested
-# ones flattened, lists/dicts as JSON text. `signal_record()` in serve_app.schemas builds these dicts.
+# ones flattened, lists/dicts as JSON text. `Signal.row()` in serve_app.core.records builds these dicts.
 SIGNAL_COLUMNS: tuple[str, ...] = (
     "signal_id", "symbol", "timeframe", "price", "action", "confidence",
     "prob_down", "prob_flat", "prob_up",

@@ -9,12 +9,12 @@ import hashlib
 import json
 import math
 import threading
-import time
 from abc import abstractmethod
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
+from serve_app.core.timeutil import now_ms
 from serve_app.store.base import (
     OUTCOME_COLUMNS, SIGNAL_COLUMNS, Candles, NewsItem, Store, StoreError, StoreUnavailable,
 )
@@ -107,10 +107,6 @@ def _in_list(column: str, values: Sequence[Any]) -> str:
 
 def _where(conditions: list[str]) -> str:
     return f" WHERE {' AND '.join(conditions)}" if conditions else ""
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from serve_app.serve_rest import deploy, free_port
+from serve_app.cluster import deploy, free_port
 from tests.ray_helpers import serve_config_for_test
 
 
@@ -18,10 +18,10 @@ STORE_DOWN_APP = {"nodb": {"MYSQL_HOST": "127.0.0.1", "MYSQL_PORT": "1"}}
 @pytest.fixture(scope="session")
 def sample_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A seeded SQLite store and a trained default model in a temp dir, as the replicas' environment."""
-    from models.train import train
+    from serve_app.training.train import train
     from serve_app.settings import StoreSettings
     from serve_app.store import open_store
-    from serve_app.store.sample_data import seed_store
+    from serve_app.data.sample import seed_store
 
     root = tmp_path_factory.mktemp("signalgen")
     env = {"SIGNAL_DB_PATH": str(root / "crypto_prices.sqlite"), "MODEL_DIR": str(root / "models"),

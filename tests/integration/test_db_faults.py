@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
-from serve_app.serve_rest import applications, deploy, wait_deleted
+from serve_app.cluster import applications, deploy, wait_deleted
 from serve_app.settings import StoreSettings
 from tests.conftest import mysql_admin_connection
 from tests.integration.conftest import STORE_DOWN_APP
@@ -65,7 +65,7 @@ def _wait(what: str, check: Callable[[], Any], timeout_s: float = 30.0, every_s:
 @pytest.fixture(scope="module")
 def dbfault(signal_app: dict, mysql_settings: StoreSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     from serve_app.store import open_store
-    from serve_app.store.sample_data import seed_store
+    from serve_app.data.sample import seed_store
 
     database = f"signalgen_test_dbfault_{uuid.uuid4().hex[:10]}"
     settings = StoreSettings(mysql_host=mysql_settings.mysql_host, mysql_port=mysql_settings.mysql_port,

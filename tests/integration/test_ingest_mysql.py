@@ -10,7 +10,8 @@ import pytest
 
 from serve_app.settings import StoreSettings
 from serve_app.store import Store
-from serve_app.toolkit import ingest
+from serve_app.cli import ingest
+from serve_app.data import candle_io
 from tests.store_contract import T0, candle_rows
 from tests.unit.test_ingest import HEADER, NEWS_HEADER, FakeClock, FakeExchange, csv_line, ingest_args, write
 
@@ -29,22 +30,22 @@ def test_csv_import_stores_the_valid_rows_once(store: Store, tmp_path: Path) -> 
     path = write(tmp_path / "btc.csv", lines)
     valid = rows[:25] + rows[27:]
 
-    first = ingest.import_candles(store, path, "BTC", "1h")
+    first = candle_io.import_candles(store, path, "BTC", "1h")
     assert [(b.where, b.reason) for b in first.checked.bad] == [(27, "duplicate"), (28, "non_positive_price")]
     assert (first.written, first.new, first.exit_code) == (len(valid), len(valid), 0)
     assert store.load_candles("BTC", "1h").to_rows() == valid
 
-    again = ingest.import_candles(store, path, "BTC", "1h")
+    again = candle_io.import_candles(store, path, "BTC", "1h")
     assert (again.written, again.new) == (len(valid), 0)
     assert store.load_candles("BTC", "1h").to_rows() == valid
 
 
 def test_json_import_overlapping_a_csv_import_counts_only_new_rows(store: Store, tmp_path: Path) -> None:
     rows = candle_rows(30)
-    ingest.import_candles(store, write(tmp_path / "a.csv", [HEADER, *map(csv_line, rows[:20])]), "ETH", "1h")
+    candle_io.import_candles(store, write(tmp_path / "a.csv", [HEADER, *map(csv_line, rows[:20])]), "ETH", "1h")
     path = tmp_path / "b.json"
     path.write_text(json.dumps([list(r) for r in rows[10:]]))
-    result = ingest.import_candles(store, path, "ETH", "1h")
+    result = candle_io.import_candles(store, path, "ETH", "1h")
     assert (result.written, result.new) == (20, 10)
     assert store.load_candles("ETH", "1h").to_rows() == rows
 
@@ -52,9 +53,9 @@ def test_json_import_overlapping_a_csv_import_counts_only_new_rows(store: Store,
 def test_news_import_is_idempotent(store: Store, tmp_path: Path) -> None:
     path = write(tmp_path / "news.csv", [NEWS_HEADER, f"{T0},BTC,wire,0.5,BTC up", f"{T0},ETH,wire,-0.25,ETH down",
                                          f"{T0},ETH,wire,-0.25,ETH down", f"{T0},SOL,wire,-2,off scale"])
-    first = ingest.import_news(store, path)
+    first = candle_io.import_news(store, path)
     assert (first.written, first.new, len(first.checked.bad)) == (2, 2, 2)
-    assert ingest.import_news(store, path).new == 0
+    assert candle_io.import_news(store, path).new == 0
     assert [(n.symbol, n.score, n.headline) for n in store.load_news(0)] == [
         ("BTC", 0.5, "BTC up"), ("ETH", -0.25, "ETH down")]
 

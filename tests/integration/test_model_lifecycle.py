@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.serve_rest import applications
-from serve_app.toolkit import lifecycle
+from serve_app.cluster import applications
+from serve_app.cli import models as models_cli
+from serve_app.training import lifecycle
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ REQUEST = {"symbol": "SOL", "price": 100.0}
 
 def run_models(*argv: str) -> int:
     ap = argparse.ArgumentParser()
-    lifecycle.register(ap.add_subparsers(required=True))
+    models_cli.register(ap.add_subparsers(required=True))
     args = ap.parse_args(["models", *argv])
     return args.func(args)
 
@@ -71,8 +72,8 @@ class Client(threading.Thread):
 
 
 def test_promote_then_rollback_without_downtime(signal_app, monkeypatch):
-    from models import registry
-    from models.train import train
+    from serve_app.training import registry
+    from serve_app.training.train import train
     from serve_app.settings import StoreSettings
     from serve_app.store import open_store
 

@@ -1,6 +1,6 @@
 """KubeRay's own path, without a cluster: start Ray from the RayService's rayStartParams the way the operator
 does (head + worker groups as separate nodes, the env vars KubeRay sets for a RayService, token auth),
-PUT the manifest's serveConfigV2 to the dashboard, wait for RUNNING, check /-/healthz, POST the seed's
+PUT the manifest's serveConfigV2 to the dashboard, wait for RUNNING, check /-/healthz, POST the README's
 requests, scrape the metrics ports, and check every Grafana/alert query against that scrape."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.ray_procs import CLUSTER_ENV
 from scripts.ray_procs import stop as stop_processes
-from serve_app.serve_rest import free_port, wait_running
+from serve_app.cluster import free_port, wait_running
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """The README's quick start, exactly as a new user runs it: `make run` in a copy of the checkout with an
-empty HOME (no ~/.ray, no pip cache, no venv), the seed's requests, /health and /metrics, `signalgen
+empty HOME (no ~/.ray, no pip cache, no venv), the README's two requests, /health and /metrics, `signalgen
 models promote`/`rollback` against that running service, then Ctrl-C — after which every process the run
 started must be gone and its ports free.
 
@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from scripts.ray_procs import pids_with
+from tests.checkout import copy_checkout
 
 REPO = Path(__file__).resolve().parents[2]
 PORTS = {"serve http": 8000, "dashboard": 8265, "metrics": 8080, "gcs": 6380}
@@ -58,20 +59,6 @@ def _describe(pids: list[int]) -> list[str]:
             continue
         out.append(f"{pid}: {cmdline[:160]}")
     return out
-
-
-def _copy_checkout(dest: Path) -> None:
-    """The checkout's files as a clone would have them (tracked + new, not ignored): no .venv, no data."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           check=True, capture_output=True).stdout.split(b"\0")
-    for rel in filter(None, files):
-        src = REPO / rel.decode()
-        if not src.is_file():      # deleted in the working tree but still in the index
-            continue
-        target = dest / rel.decode()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(src.read_bytes())
-        target.chmod(src.stat().st_mode)
 
 
 def _wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.5, on_timeout=None):
@@ -123,7 +110,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickStart]
     workdir, home = root / "signalgen", root / "home"
     workdir.mkdir()
     home.mkdir(mode=0o700)
-    _copy_checkout(workdir)
+    copy_checkout(workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
     env["HOME"] = str(home)
     qs = QuickStart(workdir, home, env, root / "make-run.log")
@@ -202,7 +189,13 @@ def _assert_all_gone(qs: QuickStart) -> None:
     _wait_until(lambda: not _pids_with_home(home), 60, "no process of the run left",
                 on_timeout=lambda: "\n" + "\n".join(_describe(_pids_with_home(home))))
     _wait_until(lambda: all(_port_free(p) for p in PORTS.values()), 60, "ports 8000/8265/8080/6380 free",
-                on_timeout=lambda: f": busy {[p for p in PORTS.values() if not _port_free(p)]}")
+                on_timeout=_who_holds_ports)
+
+
+def _who_holds_ports() -> str:
+    busy = [p for p in PORTS.values() if not _port_free(p)]
+    holders = subprocess.run(["ss", "-tanp"], capture_output=True, text=True).stdout.splitlines()
+    return f": busy {busy}\n" + "\n".join(h for h in holders if any(f":{p} " in h for p in busy))
 
 
 def test_ctrl_c_leaves_nothing_behind(quickstart: QuickStart) -> None:

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from serve_app.serve_rest import applications, put_config, wait_deleted
+from serve_app.cluster import applications, put_config, wait_deleted
 from tests.ray_helpers import serve_config_for_test
 
 pytestmark = pytest.mark.integration

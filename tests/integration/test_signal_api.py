@@ -1,4 +1,4 @@
-"""The whole graph on a real local Ray, over real HTTP: the seed's examples, the contract, bad input,
+"""The whole graph on a real local Ray, over real HTTP: the README's examples, the contract, bad input,
 health, metrics, persistence, and a live model swap through user_config."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_app.schemas import SignalResponse
+from serve_app.api.schemas import SignalResponse
 from tests.integration.conftest import STORE_DOWN_APP
-from serve_app.serve_rest import deploy
+from serve_app.cluster import deploy
 from tests.ray_helpers import serve_config_for_test
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def test_seed_examples_produce_signals(signal_app, symbol, price):
     assert r.status_code == 200, r.text
     sig = check_contract(r.json(), symbol, price)
     assert sig.model_version.startswith("v")
-    assert sig.data["last_close"] == pytest.approx(price, rel=0.05)  # the sample ends near the seed's prices
+    assert sig.data["last_close"] == pytest.approx(price, rel=0.05)  # the sample ends near the README's prices
 
 
 def test_optional_fields_and_symbol_normalisation(signal_app):
@@ -182,7 +182,7 @@ def test_store_unreachable_is_503_with_a_clear_message(signal_app):
 
 def test_new_model_version_loads_through_user_config(signal_app):
     """Train a second model, point the ML engine's user_config at it, redeploy: no restart, new version."""
-    from models.train import train
+    from serve_app.training.train import train
     from serve_app.settings import StoreSettings
     from serve_app.store import open_store
 

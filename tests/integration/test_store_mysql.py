@@ -138,7 +138,7 @@ def test_tables_use_utf8mb4(store: MySQLStore, mysql_settings: StoreSettings) ->
 
 def test_the_service_runs_with_the_least_privilege_user_from_the_readme(mysql_settings: StoreSettings,
                                                                        mysql_store: MySQLStore) -> None:
-    """The README's grants (SELECT on market data and schema_migrations, SELECT + INSERT on signals and
+    """The documented grants (docs/security.md: SELECT on market data and schema_migrations, SELECT + INSERT on signals and
     outcomes) suffice for everything a serving replica does, and nothing more is allowed."""
     import secrets
 

@@ -11,7 +11,7 @@ import pytest
 from serve_app.cli import main
 from serve_app.settings import StoreSettings
 from serve_app.store import Store
-from serve_app.store.sample_data import seed_store
+from serve_app.data.sample import seed_store
 from tests.store_contract import make_signal
 
 pytestmark = pytest.mark.mysql

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from models.backtest import backtest, performance
-from models.walkforward import OutOfSample
+from serve_app.training.backtest import backtest, performance
+from serve_app.training.walkforward import OutOfSample
 from serve_app.core.trading import RiskConfig
 from serve_app.store.base import Candles
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from models.train import train
+from serve_app.training.train import train
 from serve_app.settings import StoreSettings
 from serve_app.store import open_store
-from serve_app.store.sample_data import seed_store
+from serve_app.data.sample import seed_store
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from serve_app.core.features import (FEATURE_NAMES, SERVING_WINDOW, WARMUP, Insu
                                      compute_features, ewm_fir, feature_row_dict, realized_vol, rsi,
                                      serving_features, serving_features_batch)
 from serve_app.store.base import Candles
-from serve_app.store.sample_data import sample_candles
+from serve_app.data.sample import sample_candles
 
 SYMBOLS = ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX")
 

@@ -1,4 +1,4 @@
-"""serve_app.http_guard in-process: a tiny FastAPI app with the real SignalRequest model and the guards,
+"""serve_app.api.guard in-process: a tiny FastAPI app with the real SignalRequest model and the guards,
 driven by Starlette's TestClient. Every hostile input is a 4xx with a clear message, never a 5xx."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serve_app import http_guard
-from serve_app.http_guard import DEFAULT_MAX_BODY_BYTES, guard_settings, install_guards
-from serve_app.schemas import SignalRequest
+from serve_app.api import guard as http_guard
+from serve_app.api.guard import DEFAULT_MAX_BODY_BYTES, guard_settings, install_guards
+from serve_app.api.schemas import SignalRequest
 
 KEY = "test-key-not-a-secret-0123"
 JSON = {"Content-Type": "application/json"}

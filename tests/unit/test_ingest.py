@@ -1,4 +1,4 @@
-"""`signalgen import` and `signalgen ingest`: file parsing and validation (serve_app.toolkit.candle_io),
+"""`signalgen import` and `signalgen ingest`: file parsing and validation (serve_app.data.candle_io),
 the exchange feed (pagination, throttle, retries) over an in-process fake exchange, and both commands
 against a temporary SQLite store."""
 from __future__ import annotations
@@ -14,9 +14,11 @@ import pytest
 
 from serve_app.settings import StoreSettings
 from serve_app.store import NewsItem, Store, open_store
-from serve_app.store.sample_data import HOUR_MS
-from serve_app.toolkit import ingest
-from serve_app.toolkit.candle_io import (
+from serve_app.core.timeutil import HOUR_MS
+from serve_app.cli import ingest
+from serve_app.data import candle_io
+from serve_app.data import exchange as exchange_mod
+from serve_app.data.candle_io import (
     InputFileError, file_format, parse_timestamp, read_candles, read_news, upsert_new,
 )
 from tests.store_contract import T0, candle_rows
@@ -281,10 +283,10 @@ def test_import_stores_the_valid_rows_and_a_rerun_adds_none(store: Store, tmp_pa
     path = write(tmp_path / "btc.csv", lines)
     valid = rows[:20] + rows[22:]
 
-    first = ingest.import_candles(store, path, "BTC", "1h")
+    first = candle_io.import_candles(store, path, "BTC", "1h")
     assert (first.written, first.new, len(first.checked.bad), first.exit_code) == (len(valid), len(valid), 2, 0)
     assert store.load_candles("BTC", "1h").to_rows() == valid
-    again = ingest.import_candles(store, path, "BTC", "1h")
+    again = candle_io.import_candles(store, path, "BTC", "1h")
     assert (again.written, again.new) == (len(valid), 0)
     assert store.load_candles("BTC", "1h").to_rows() == valid
 
@@ -301,24 +303,24 @@ def test_new_counts_only_rows_not_stored_before(store: Store) -> None:
 def test_strict_stores_nothing_when_a_row_is_bad(store: Store, tmp_path: Path) -> None:
     rows = candle_rows(5)
     path = write(tmp_path / "s.csv", [HEADER, *map(csv_line, rows), csv_line((rows[0][0], 1, 2, 1, 1, -1))])
-    result = ingest.import_candles(store, path, "BTC", "1h", strict=True)
+    result = candle_io.import_candles(store, path, "BTC", "1h", strict=True)
     assert (result.written, result.new, result.exit_code) == (0, 0, 1)
     assert len(store.load_candles("BTC", "1h")) == 0
 
 
 def test_exit_code_is_one_only_when_bad_rows_and_nothing_stored(store: Store, tmp_path: Path) -> None:
     all_bad = write(tmp_path / "bad.csv", [HEADER, "1,2,3", "x,1,1,1,1,1"])
-    assert ingest.import_candles(store, all_bad, "BTC", "1h").exit_code == 1
+    assert candle_io.import_candles(store, all_bad, "BTC", "1h").exit_code == 1
     empty = write(tmp_path / "empty.csv", [HEADER])
-    assert ingest.import_candles(store, empty, "BTC", "1h").exit_code == 0
+    assert candle_io.import_candles(store, empty, "BTC", "1h").exit_code == 0
 
 
 def test_news_import_is_idempotent(store: Store, tmp_path: Path) -> None:
     path = write(tmp_path / "n.csv", [NEWS_HEADER, f"{T0},BTC,wire,0.5,up", f"{T0},ETH,wire,-0.5,down",
                                       f"{T0},ETH,wire,2,bad"])
-    first = ingest.import_news(store, path)
+    first = candle_io.import_news(store, path)
     assert (first.written, first.new, len(first.checked.bad), first.exit_code) == (2, 2, 1, 0)
-    assert ingest.import_news(store, path).new == 0
+    assert candle_io.import_news(store, path).new == 0
     assert [(n.symbol, n.score) for n in store.load_news(0)] == [("BTC", 0.5), ("ETH", -0.5)]
 
 
@@ -365,10 +367,10 @@ def test_import_news_command(env_store: Store, tmp_path: Path, capsys: pytest.Ca
 # ---- the exchange feed ------------------------------------------------------------------------------------
 
 def make_feed(n: int, page_cap: int = 10_000, limit: int = 25,
-              **feed_options: Any) -> tuple[FakeExchange, FakeClock, ingest.CandleFeed]:
+              **feed_options: Any) -> tuple[FakeExchange, FakeClock, exchange_mod.CandleFeed]:
     clock = FakeClock()
     exchange = FakeExchange(candle_rows(n), clock, page_cap=page_cap)
-    feed = ingest.CandleFeed(exchange, "1h", limit=limit, sleep=clock.sleep, clock=clock, **feed_options)
+    feed = exchange_mod.CandleFeed(exchange, "1h", limit=limit, sleep=clock.sleep, clock=clock, **feed_options)
     return exchange, clock, feed
 
 
@@ -406,14 +408,14 @@ def test_network_errors_are_retried_with_backoff() -> None:
 def test_too_many_network_errors_fail_cleanly() -> None:
     exchange, _, feed = make_feed(30, max_retries=2)
     exchange.failures = [ccxt.NetworkError("down")] * 5
-    with pytest.raises(ingest.IngestError, match="gave up after 3 attempts"):
+    with pytest.raises(exchange_mod.IngestError, match="gave up after 3 attempts"):
         list(feed.pages("BTC/USDT", T0))
     assert len(exchange.calls) == 3
 
 
 def test_exchange_errors_are_not_retried() -> None:
     exchange, clock, feed = make_feed(30)
-    with pytest.raises(ingest.IngestError, match="DOGE/USDT"):
+    with pytest.raises(exchange_mod.IngestError, match="DOGE/USDT"):
         list(feed.pages("DOGE/USDT", T0))
     assert len(exchange.calls) == 1 and clock.sleeps == []
 
@@ -506,7 +508,7 @@ def test_show_limits_the_listing_of_bad_rows(env_store: Store, tmp_path: Path, c
 
 def test_importing_over_the_synthetic_sample_warns(env_store: Store, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    from serve_app.store.sample_data import seed_store
+    from serve_app.data.sample import seed_store
 
     seed_store(env_store, ["BTC"], n=24)
     path = write(tmp_path / "btc.csv", [HEADER, *map(csv_line, candle_rows(3))])

@@ -538,9 +538,9 @@ def test_dockerfile_and_dockerignore():
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] == "ray", "the image must run as Ray's `ray` user"
     assert re.search(r"pip install [^\n]*\.", text)
-    assert "python -m serve_app.store seed" in text and "python -m models.train" in text
+    assert "signalgen store seed" in text and "signalgen train" in text
     ignored = (h.REPO / ".dockerignore").read_text().split()
-    assert {".git", ".venv", "data", "models/artifacts"} <= set(ignored)
+    assert {".git", ".venv", "data", "models"} <= set(ignored)  # models/ holds only the local registry
 
 
 # ============================================================ b. serveConfigV2
@@ -552,7 +552,7 @@ def test_committed_manifest_equals_a_fresh_generation():
 def test_serve_config_v2_is_ray_valid_with_no_unknown_key(serve_config):
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.config_check import serve_config_problems
+    from tests.serve_config_check import serve_config_problems
 
     ServeDeploySchema.model_validate(serve_config)
     assert serve_config_problems(serve_config) == []
@@ -632,8 +632,8 @@ def test_dashboard_and_alert_metric_names():
 
 
 def test_app_metric_names_match_their_definitions():
-    """Every ray_signalgen_* name is one serve_app/metrics.py defines, with the suffix its type exports."""
-    from serve_app.metrics import DEFINITIONS, RAY_PREFIX
+    """Every ray_signalgen_* name is one serve_app/deployments/metrics.py defines, with the suffix its type exports."""
+    from serve_app.deployments.metrics import DEFINITIONS, RAY_PREFIX
 
     exported = set()
     for name, (kind, *_rest) in DEFINITIONS.items():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from serve_app.core.labels import CLASSES, DOWN, FLAT, UNDEFINED, UP, make_labels
-from serve_app.store.sample_data import sample_candles
+from serve_app.data.sample import sample_candles
 
 
 def _reference_labels(close, horizon, k, vol_period):

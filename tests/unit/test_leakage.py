@@ -8,13 +8,13 @@ import argparse
 import numpy as np
 import pytest
 
-from models.walkforward import walk_forward
+from serve_app.training.walkforward import walk_forward
 from serve_app.core.features import FEATURE_NAMES, compute_features
 from serve_app.settings import StoreSettings
 from serve_app.store import open_store
-from serve_app.store.sample_data import sample_candles, seed_store
-from serve_app.toolkit import evaluate
-from serve_app.toolkit.leakage import check_causality, cut_points
+from serve_app.data.sample import sample_candles, seed_store
+from serve_app.cli import evaluate
+from serve_app.training.leakage import check_causality, cut_points
 
 SYMBOLS = ["ETH", "SOL"]
 END_MS = 1_700_000_000_000

@@ -16,11 +16,12 @@ import pytest
 import xgboost as xgb
 import yaml
 
-from models import registry
-from serve_app.serve_rest import free_port
+from serve_app.training import registry
+from serve_app.cluster import free_port
 from serve_app.core.features import FEATURE_NAMES
 from serve_app.core.labels import CLASSES
-from serve_app.toolkit import lifecycle
+from serve_app.cli import models as models_cli
+from serve_app.training import lifecycle
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve_config.yaml"
 EVALUATION = {"summary": {"walk_forward": {"accuracy": 0.41, "mcc": 0.07, "folds": 5},
@@ -30,7 +31,7 @@ EVALUATION = {"summary": {"walk_forward": {"accuracy": 0.41, "mcc": 0.07, "folds
 
 def run_models(*argv: str) -> int:
     ap = argparse.ArgumentParser()
-    lifecycle.register(ap.add_subparsers(required=True))
+    models_cli.register(ap.add_subparsers(required=True))
     args = ap.parse_args(["models", *argv])
     return args.func(args)
 

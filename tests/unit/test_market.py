@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from serve_app.core.records import StageError
 from serve_app.core.market import (MarketConfig, build_snapshot, compute_contexts, decayed_sentiment,
                                    efficiency_ratio)
 from serve_app.store.base import NewsItem
@@ -45,24 +46,25 @@ def test_contexts_momentum_breadth_regime():
     snap, closes = _snapshot(cfg, news)
     btc, sol, eth = compute_contexts(["BTC", "SOL", "ETH"],
                                      [closes["BTC"][-1], closes["SOL"][-1], closes["ETH"][-1]], [NOW] * 3, snap, cfg)
-    assert btc["momentum"] == pytest.approx(0.024, rel=1e-6)  # BTC: its own 24-candle log return
-    assert eth["momentum"] == pytest.approx(-0.048, rel=1e-6)  # ETH relative to BTC
+    assert btc.momentum == pytest.approx(0.024, rel=1e-6)  # BTC: its own 24-candle log return
+    assert eth.momentum == pytest.approx(-0.048, rel=1e-6)  # ETH relative to BTC
     sol_up = closes["SOL"][-1] > closes["SOL"][-25]
-    assert btc["breadth"] == pytest.approx((1 + sol_up) / 3)  # BTC up, ETH down, SOL by its own path
-    assert btc["regime"] == "trending" and eth["regime"] == "trending"
-    assert sol["regime"] in ("ranging", "volatile")
-    assert sol["sentiment"] > btc["sentiment"] and -1 <= sol["sentiment"] <= 1
-    assert sol["news_count"] == 1
+    assert btc.breadth == pytest.approx((1 + sol_up) / 3)  # BTC up, ETH down, SOL by its own path
+    assert btc.regime == "trending" and eth.regime == "trending"
+    assert sol.regime in ("ranging", "volatile")
+    assert sol.sentiment > btc.sentiment and -1 <= sol.sentiment <= 1
+    assert sol.news_count == 1
 
 
 def test_volatile_regime_when_live_price_jumps():
     cfg = MarketConfig(vol_lookback=48, volatile_percentile=0.85)
     snap, closes = _snapshot(cfg)
     (ctx,) = compute_contexts(["SOL"], [closes["SOL"][-1] * 1.25], [NOW], snap, cfg)
-    assert ctx["regime"] == "volatile"
+    assert ctx.regime == "volatile"
 
 
 def test_unknown_symbol():
     cfg = MarketConfig()
     snap, _ = _snapshot(cfg)
-    assert compute_contexts(["NOPE"], [1.0], [NOW], snap, cfg)[0] == {"ok": False, "error": "unknown_symbol"}
+    (ctx,) = compute_contexts(["NOPE"], [1.0], [NOW], snap, cfg)
+    assert isinstance(ctx, StageError) and ctx.code == "unknown_symbol" and "NOPE" in ctx.message

@@ -5,8 +5,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from serve_app.metrics import StageMetrics, merge_exposition
-from serve_app.schemas import SignalRequest
+from serve_app.deployments.metrics import StageMetrics, merge_exposition
+from serve_app.api.schemas import SignalRequest
 
 
 def test_merged_exposition_keeps_each_stage_apart():

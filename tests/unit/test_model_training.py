@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import registry
-from models import train as train_mod
-from models.train import time_split, train
+from serve_app.training import registry
+from serve_app.cli import main as cli_main
+from serve_app.training.train import time_split, train
 from serve_app.core.features import FEATURE_NAMES, WARMUP, compute_features
 from serve_app.core.labels import CLASSES
 from serve_app.core.model import ModelLoadError, SignalModel, calibrate
 from serve_app.settings import StoreSettings
 from serve_app.store import open_store
-from serve_app.store.sample_data import seed_store
+from serve_app.data.sample import seed_store
 
 SYMBOLS = ["BTC", "ETH", "SOL"]
 HORIZON = 4
@@ -243,7 +243,7 @@ def test_no_set_current(store, tmp_path, trained):
 
 
 def test_cli_if_missing_skips_when_current_exists(trained, model_root, capsys):
-    assert train_mod.main(["--if-missing", "--model-dir", str(model_root), "--quiet"]) == 0
+    assert cli_main(["train", "--if-missing", "--model-dir", str(model_root), "--quiet"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert [v["version"] for v in registry.list_versions(model_root)] == [trained.name]
 
@@ -252,7 +252,7 @@ def test_cli_trains_from_configured_store(store, db_path, tmp_path, monkeypatch,
     monkeypatch.setenv("SIGNAL_DB_PATH", str(db_path))
     monkeypatch.delenv("MYSQL_HOST", raising=False)
     monkeypatch.setenv("MODEL_DIR", str(tmp_path / "cli"))
-    rc = train_mod.main(["--symbols", "BTC,SOL", "--n-estimators", "5", "--quiet", "--if-missing"])
+    rc = cli_main(["train", "--symbols", "BTC,SOL", "--n-estimators", "5", "--quiet", "--if-missing"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "momentum" in out

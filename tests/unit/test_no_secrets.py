@@ -1,4 +1,4 @@
-"""No credential in git: every tracked file is scanned for the seed's example password, private keys and
+"""No credential in git: every tracked file is scanned for the original manifests' example password, private keys and
 password assignments with a literal value. A finding names file:line."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The seed's example password, built from pieces so that this file does not contain it.
+# The original manifests' example password, built from pieces so that this file does not contain it.
 SEED_PASSWORD = "99" + "Ru" + "les"
 PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 # `password: value`, `password = "value"`, `PASSWORD=value`, `MYSQL_PASSWORD: value` (YAML, env, Python, shell)
@@ -71,7 +71,7 @@ def scan(path: str, lines: list[str]) -> list[str]:
     found = []
     for no, line in enumerate(lines, 1):
         if SEED_PASSWORD.lower() in line.lower():
-            found.append(f"{path}:{no}: the seed's example password")
+            found.append(f"{path}:{no}: the original manifests' example password")
         if PRIVATE_KEY.search(line):
             found.append(f"{path}:{no}: a private key")
         hit = literal_password(path, line)

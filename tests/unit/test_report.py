@@ -16,8 +16,9 @@ import pytest
 from serve_app.core.analytics import score_pending, summarize
 from serve_app.settings import StoreSettings
 from serve_app.store import Store, open_store
-from serve_app.store.sample_data import HOUR_MS
-from serve_app.toolkit import report
+from serve_app.core.timeutil import HOUR_MS
+from serve_app.cli import report
+from serve_app.config import AppArgs
 from tests.store_contract import make_signal
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
@@ -218,8 +219,9 @@ def test_defaults_come_from_the_serve_config(tmp_path: Path) -> None:
                    "  - name: signals\n    import_path: serve_app.app:build_app\n"
                    "    args: {timeframe: 4h, analytics: {outcome_horizon_candles: 6}}\n")
     assert report.service_defaults(cfg) == ("4h", 6)
-    assert report.service_defaults(tmp_path / "missing.yaml") == (report.DEFAULT_TIMEFRAME,
-                                                                   report.DEFAULT_HORIZON_CANDLES)
+    defaults = AppArgs()  # the app's own defaults, defined once (serve_app/config.py)
+    assert report.service_defaults(tmp_path / "missing.yaml") == (defaults.timeframe,
+                                                                   defaults.analytics.outcome_horizon_candles)
 
 
 # ------------------------------------------------------------------------------------------- --url

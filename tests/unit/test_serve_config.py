@@ -8,8 +8,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app import AppArgs
-from serve_app.config_check import serve_config_problems
+from serve_app.config import AppArgs
+from tests.serve_config_check import serve_config_problems
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve_config.yaml"
 STAGES = {"Orchestrator", "FeatureEngine", "MarketContext", "MLEngine", "Portfolio", "RiskManager", "Analytics"}
@@ -80,3 +80,10 @@ def test_graph_deployment_names_match_config(config):
             if hasattr(a, "_bound_deployment"):
                 stack.append(a._bound_deployment)
     assert names == STAGES
+
+
+@pytest.mark.parametrize("section", ["trade", "portfolio", "risk", "market", "analytics"])
+def test_the_app_itself_refuses_a_misspelled_nested_key(section):
+    """Not only this test: Serve's validation of `args` (AppArgs) fails the deploy on a typo in any section."""
+    with pytest.raises(ValueError, match="misspeled_key"):
+        AppArgs.model_validate({section: {"misspeled_key": 1}})

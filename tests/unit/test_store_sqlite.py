@@ -15,9 +15,8 @@ import pytest
 from serve_app.core.features import realized_vol
 from serve_app.settings import PROJECT_ROOT, StoreSettings
 from serve_app.store import StoreError, StoreUnavailable, open_store
-from serve_app.store.sample_data import (
-    HOUR_MS, NEWS_PREFIX, SAMPLE_SOURCE, SAMPLE_SYMBOLS, sample_candles, sample_news, timeframe_ms,
-)
+from serve_app.core.timeutil import HOUR_MS, timeframe_ms
+from serve_app.data.sample import NEWS_PREFIX, SAMPLE_SOURCE, SAMPLE_SYMBOLS, sample_candles, sample_news
 from serve_app.store.sqlite_store import SQLiteStore
 from tests.store_contract import T0, StoreContract, candle_rows, make_signal
 
@@ -198,7 +197,7 @@ def test_sample_news_scores_follow_recent_returns() -> None:
 def run_cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYSQL_")}
     env["SIGNAL_DB_PATH"] = str(db)
-    return subprocess.run([sys.executable, "-m", "serve_app.store", *args], env=env, cwd=PROJECT_ROOT,
+    return subprocess.run([sys.executable, "-m", "serve_app.cli", "store", *args], env=env, cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -221,7 +220,7 @@ def test_cli_seed_if_missing_or_stale_then_info(tmp_path: Path) -> None:
 def test_cli_reanchors_a_stale_sample(tmp_path: Path) -> None:
     db = tmp_path / "stale.sqlite"
     with SQLiteStore(db) as s:
-        from serve_app.store.sample_data import seed_store
+        from serve_app.data.sample import seed_store
         seed_store(s, ["BTC", "ETH"], n=48, end_ms=T0)  # long ago
     result = run_cli(db, "seed", "--if-missing-or-stale", "--symbols", "BTC", "--candles", "48")
     assert result.returncode == 0, result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from serve_app.core.records import CandleFacts, Prediction, SignalInput, Sizing, Work
 from serve_app.core.trading import (ExposureBook, PortfolioConfig, RiskConfig, TradeConfig, assess,
                                     decide_actions, kelly_fraction, size_positions)
 
@@ -46,25 +47,30 @@ def _item(**kw):
                 last_open_time_ms=int(NOW * 1000) - 600_000, asof_ms=int(NOW * 1000), equity=100_000.0,
                 notional=10_000.0)
     base.update(kw)
-    return base
+    b = base
+    return Work(SignalInput(b["symbol"], b["price"], b["asof_ms"], b["equity"]),
+                candle=CandleFacts(last_close=b["last_close"], last_open_time_ms=b["last_open_time_ms"],
+                                   atr=b["atr"], atr_pct=b["atr_pct"], candles_cached=300, cache_age_s=1.0,
+                                   store_reachable=True),
+                prediction=Prediction((0.1, 0.2, 0.7), b["action"], b["confidence"], "v1"),
+                sizing=Sizing(equity=b["equity"], notional=b["notional"], kelly_fraction=0.1, vol_cap_fraction=0.5))
 
 
 def test_approved_buy_has_stops_on_correct_sides():
     out = assess(_item(), TRADE, RiskConfig(), ExposureBook(3600), now=NOW)
-    r = out["risk"]
-    assert r["approved"] and r["stop_loss"] == 96.0 and r["take_profit"] == 106.0
-    assert out["position"]["size"] == pytest.approx(100.0) and out["position"]["notional"] == pytest.approx(10_000)
+    assert out.approved and out.stop_loss == 96.0 and out.take_profit == 106.0
+    assert out.size == pytest.approx(100.0) and out.notional == pytest.approx(10_000)
 
 
 def test_sell_stops_mirror():
-    r = assess(_item(action="SELL"), TRADE, RiskConfig(), ExposureBook(3600), now=NOW)["risk"]
-    assert r["stop_loss"] == 104.0 and r["take_profit"] == 94.0
+    r = assess(_item(action="SELL"), TRADE, RiskConfig(), ExposureBook(3600), now=NOW)
+    assert r.stop_loss == 104.0 and r.take_profit == 94.0
 
 
 def test_hold_has_no_stops_and_zero_size():
     out = assess(_item(action="HOLD"), TRADE, RiskConfig(), ExposureBook(3600), now=NOW)
-    assert out["risk"]["stop_loss"] is None and out["risk"]["take_profit"] is None
-    assert not out["risk"]["approved"] and out["position"]["size"] == 0
+    assert out.stop_loss is None and out.take_profit is None
+    assert not out.approved and out.size == 0
 
 
 @pytest.mark.parametrize("kw, needle", [
@@ -76,23 +82,23 @@ def test_hold_has_no_stops_and_zero_size():
 ])
 def test_each_block_names_its_reason(kw, needle):
     out = assess(_item(**kw), TRADE, RiskConfig(), ExposureBook(3600), now=NOW)
-    assert not out["risk"]["approved"]
-    assert out["position"]["size"] == 0 and out["position"]["notional"] == 0
-    assert any(needle in r for r in out["risk"]["reasons"]), out["risk"]["reasons"]
+    assert not out.approved
+    assert out.size == 0 and out.notional == 0
+    assert any(needle in r for r in out.reasons), out.reasons
 
 
 def test_caps_per_symbol_and_total_exposure():
     cfg = RiskConfig(max_symbol_fraction=0.2, max_total_exposure_fraction=0.3)
     book = ExposureBook(3600)
     a = assess(_item(symbol="BTC", notional=50_000.0), TRADE, cfg, book, now=NOW)
-    assert a["position"]["notional"] == pytest.approx(20_000) and "capped" in a["risk"]["reasons"][0]
+    assert a.notional == pytest.approx(20_000) and "capped" in a.reasons[0]
     b = assess(_item(symbol="ETH", notional=15_000.0), TRADE, cfg, book, now=NOW)
-    assert b["position"]["notional"] == pytest.approx(10_000)  # 30k total cap minus BTC's 20k
+    assert b.notional == pytest.approx(10_000)  # 30k total cap minus BTC's 20k
     c = assess(_item(symbol="SOL", notional=5_000.0), TRADE, cfg, book, now=NOW)
-    assert not c["risk"]["approved"] and any("total exposure" in r for r in c["risk"]["reasons"])
+    assert not c.approved and any("total exposure" in r for r in c.reasons)
     # positions expire: an hour later the book is empty again
     d = assess(_item(symbol="SOL", notional=5_000.0), TRADE, cfg, book, now=NOW + 3601)
-    assert d["risk"]["approved"]
+    assert d.approved
 
 
 def test_risk_config_rejects_inconsistent_caps():

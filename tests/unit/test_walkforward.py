@@ -9,13 +9,13 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from models import registry
-from models.train import train
-from models.walkforward import calibration_table, make_folds, matthews_corrcoef, walk_forward
+from serve_app.training import registry
+from serve_app.training.train import train
+from serve_app.training.walkforward import calibration_table, make_folds, matthews_corrcoef, walk_forward
 from serve_app.settings import StoreSettings
 from serve_app.store import open_store
-from serve_app.store.sample_data import sample_candles, seed_store
-from serve_app.toolkit import evaluate
+from serve_app.data.sample import sample_candles, seed_store
+from serve_app.cli import evaluate
 
 SYMBOLS = ["BTC", "SOL"]
 H = 3_600_000
