@@ -107,7 +107,7 @@ def soak(url: str, marker: str, seconds: float, rate: float, concurrency: int, s
             "last_window_mean_mb": round(last_mb, 1) if last_mb else None,
             "growth": round(last_mb / first_mb - 1, 4) if first_mb and last_mb else None,
             "min_mb": min(mb for _, mb, _ in rss.samples), "max_mb": max(mb for _, mb, _ in rss.samples),
-            "root_processes": sorted({n for _, _, n in rss.samples}),
+            "process_counts": sorted({n for _, _, n in rss.samples}),
             "samples": rss.samples,
         },
     })

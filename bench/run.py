@@ -139,8 +139,9 @@ def warm_up(url: str, n: int = 30) -> None:
 
 # ------------------------------------------------------------------------------------------ memory
 class MemorySampler:
-    """Summed RSS of a Ray cluster's processes (those naming its temp dir, and descendants), sampled every
-    `period_s` from the start: `samples` = [(seconds since start, MB, root processes)], `peak_mb` their max."""
+    """Summed RSS of a Ray cluster's processes (scripts/ray_procs.pids_of: its own and their descendants),
+    sampled every `period_s` from the start: `samples` = [(seconds since start, MB, processes)], `peak_mb`
+    their max."""
 
     def __init__(self, marker: str, period_s: float = 0.5):
         self.marker, self.period_s = marker, period_s
@@ -149,29 +150,15 @@ class MemorySampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     @staticmethod
-    def _tree_rss_mb(roots: list[int]) -> float:
-        children: dict[int, list[int]] = {}
-        rss: dict[int, int] = {}
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
+    def _rss_mb(pids: list[int]) -> float:
+        total = 0
+        for pid in pids:
             try:
-                stat = (p / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                status = (p / "status").read_text()
+                m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
             except OSError:
                 continue
-            m = re.search(r"VmRSS:\s+(\d+) kB", status)
-            rss[int(p.name)] = int(m.group(1)) if m else 0
-            children.setdefault(ppid, []).append(int(p.name))
-        seen, stack = set(), list(roots)
-        while stack:
-            pid = stack.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            stack.extend(children.get(pid, []))
-        return sum(rss.get(p, 0) for p in seen) / 1024.0
+            total += int(m.group(1)) if m else 0
+        return total / 1024.0
 
     @property
     def peak_mb(self) -> float:
@@ -181,7 +168,7 @@ class MemorySampler:
         t0 = time.monotonic()
         while True:
             pids = pids_of(self.marker)
-            self.samples.append((round(time.monotonic() - t0, 1), round(self._tree_rss_mb(pids), 1), len(pids)))
+            self.samples.append((round(time.monotonic() - t0, 1), round(self._rss_mb(pids), 1), len(pids)))
             if self._stop.wait(self.period_s):
                 return
 

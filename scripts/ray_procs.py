@@ -65,14 +65,18 @@ def ensure_token(ray_bin: str | None = None) -> str:
 CLUSTER_ENV = "SIGNALGEN_RAY_TEMP_DIR"
 
 
+def _ppid(pid: int | str) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _ancestors() -> set[int]:
     out, pid = set(), os.getpid()
-    while pid > 1:
+    while pid and pid > 1:
         out.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
+        pid = _ppid(pid)
     return out
 
 
@@ -95,11 +99,28 @@ def pids_with(cmdline: str | None = None, env: tuple[str, str] | None = None,
     return found
 
 
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and (ppid := _ppid(p.name)) is not None:
+            out.setdefault(ppid, []).append(int(p.name))
+    return out
+
+
 def pids_of(marker: str) -> list[int]:
     """The cluster's processes: its temp dir in the command line or CLUSTER_ENV=<temp dir> in the
-    environment. Never this process or its parents (the cleanup of run_local.sh runs inside the cluster's
-    environment)."""
-    return pids_with(cmdline=marker, env=(CLUSTER_ENV, marker), exclude=_ancestors())
+    environment, and every descendant of those (a raylet's agents rename their command line and may not
+    show the environment). Never this process or its parents (the cleanup of run_local.sh runs inside the
+    cluster's environment)."""
+    mine = _ancestors()
+    found = set(pids_with(cmdline=marker, env=(CLUSTER_ENV, marker), exclude=mine))
+    children, stack = _children(), list(found)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found and child not in mine:
+                found.add(child)
+                stack.append(child)
+    return sorted(found)
 
 
 def _serve_run_pids(pids: list[int]) -> list[int]:
