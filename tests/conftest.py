@@ -10,6 +10,14 @@ import pytest
 
 from serve_app.settings import StoreSettings
 
+# --- a clean environment for the whole session ---
+# The service reads these; a developer's shell may export them (an API key, a MySQL host, a running
+# cluster's address). Ray clusters the tests start inherit this process's environment, so they go first.
+SCRUBBED = ("SIGNAL_API_KEY", "SIGNAL_DB_PATH", "SIGNAL_SPILL_DIR", "SIGNAL_MAX_BODY_BYTES", "SIGNALGEN_HOME",
+            "MODEL_DIR", "RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS", "LOG_LEVEL")
+for _name in [k for k in os.environ if k in SCRUBBED or (k.startswith("MYSQL_") and not k.startswith("MYSQL_TEST_"))]:
+    del os.environ[_name]
+
 # --- database fixtures ---
 # A real MariaDB/MySQL server (default root@127.0.0.1:3306 with an empty password; override with
 # MYSQL_TEST_HOST / MYSQL_TEST_PORT / MYSQL_TEST_USER / MYSQL_TEST_PASSWORD). Each test session gets
@@ -26,6 +34,17 @@ def mysql_admin_connection(database: str | None = None) -> pymysql.connections.C
     return pymysql.connect(host=MYSQL_TEST_HOST, port=MYSQL_TEST_PORT, user=MYSQL_TEST_USER,
                            password=MYSQL_TEST_PASSWORD, database=database, charset="utf8mb4",
                            autocommit=True, connect_timeout=3, read_timeout=30, write_timeout=30)
+
+
+def stored_signal_counts(database: str) -> dict[str, int]:
+    """signal_id → rows in `signals`, read straight from the test server (not through a proxy)."""
+    admin = mysql_admin_connection(database)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT signal_id, COUNT(*) FROM signals GROUP BY signal_id")
+            return {sid: int(n) for sid, n in cur.fetchall()}
+    finally:
+        admin.close()
 
 
 @pytest.fixture(scope="session")

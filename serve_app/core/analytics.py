@@ -1,13 +1,14 @@
-"""Analytics core: the write-behind signal buffer (nothing accepted is lost), outcome scoring
-(`score_signals`, `score_pending`) and the performance summary (`summarize`, also what
+"""Analytics core: the journal of signals the store could not take yet (`SignalJournal`: nothing answered is
+lost), outcome scoring (`score_signals`, `score_pending`) and the performance summary (`summarize`, also what
 `signalgen report` prints).
 
-No ray import. The Analytics deployment owns one WriteBehindBuffer and calls `flush()` from a background
-task; on shutdown it flushes, and whatever the store cannot take is spilled to a JSONL journal that the
-next replica replays on start.
+No ray import. The Analytics deployment makes every signal durable before the ingress answers it: stored
+in the database, or appended to its SignalJournal when the database cannot take it; a background thread
+replays journals (its own, and those of replicas that are gone) into the store.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -18,82 +19,140 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from serve_app.store.base import Candles, Store, StoreError
+from serve_app.store.base import Candles, Store
 from serve_app.core.timeutil import timeframe_ms, utc_day
 
 
-class WriteBehindBuffer:
-    """Accepts signal records at memory speed; `flush(write)` moves them to the store in batches.
+class SignalJournal:
+    """Signals the store could not take, made durable on disk until it can: JSON lines in `directory`.
 
-    A failed write keeps the records (in order) for the next flush. `spill()` journals what is left to
-    disk, and `replay()` loads a journal back (the store's insert is idempotent on signal_id, so a record
-    that was both written and journaled is stored once)."""
+    Each writer (one Analytics replica) appends to its own files, `signals-<scope>-<writer>-<n>.jsonl`, where
+    `scope` names the store the records are for (replicas of apps on other stores share a directory safely),
+    and holds an
+    exclusive `flock` on each while it lives. `append` returns only once the lines are written and fsync'ed,
+    so what it acknowledged survives the process being killed. `replay(write)` seals the file being appended
+    to (later appends start a new one, so they never wait for the store) and hands every journaled record to
+    `write` (the store's insert, idempotent on signal_id) before forgetting it: this writer's sealed files,
+    and every file of a writer that is gone (its lock is free; a live writer's files are left alone). A torn
+    last line (a write cut short by a kill, so never acknowledged) is skipped. On Kubernetes the directory
+    must be a volume that outlives the pod (see docs/kubernetes.md)."""
 
-    def __init__(self, spill_path: Path | None = None, max_batch: int = 500):
-        self._items: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self.spill_path = spill_path
-        self.max_batch = max_batch
-        self.written = 0
-        self.failures = 0
+    def __init__(self, directory: str | os.PathLike, writer_id: str, scope: str = "default"):
+        self.directory = Path(directory)
+        self.writer_id = writer_id
+        self.prefix = f"signals-{scope}-"
+        self._seq = 0
+        self._fd: int | None = None
+        self._appended = 0                                   # records in the open file
+        self._sealed: list[tuple[Path, int, int]] = []       # (path, locked fd, records) awaiting the store
+        self._lock = threading.Lock()                        # appends and sealing
+        self._replaying = threading.Lock()                   # one replay at a time
+        self.skipped = 0                                     # unreadable (torn) lines dropped on replay
 
-    def __len__(self) -> int:
-        return len(self._items)
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.prefix}{self.writer_id}-{self._seq}.jsonl"
 
-    def add(self, records: Sequence[dict[str, Any]]) -> None:
+    @property
+    def pending(self) -> int:
+        """Records this writer has journaled and not yet handed to the store."""
+        return self._appended + sum(n for _, _, n in self._sealed)
+
+    def append(self, records: Sequence[dict[str, Any]]) -> int:
+        """Write the records durably (write + fsync); raises OSError when the disk refuses."""
+        data = "".join(json.dumps(r, default=_json_default) + "\n" for r in records).encode()
         with self._lock:
-            self._items.extend(records)
+            if self._fd is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # ours alone: replay() elsewhere skips it
+                self._fd = fd
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+            self._appended += len(records)
+        return len(records)
 
-    def flush(self, write: Callable[[Sequence[dict[str, Any]]], int]) -> int:
-        """Write everything buffered, batch by batch; stops at the first failure (re-raised as StoreError)."""
-        total = 0
-        while True:
-            with self._lock:
-                batch = self._items[: self.max_batch]
-            if not batch:
-                return total
-            try:
-                write(batch)
-            except StoreError:
-                self.failures += 1
-                raise
-            with self._lock:
-                del self._items[: len(batch)]
-            total += len(batch)
-            self.written += len(batch)
+    def _read(self, fd: int) -> list[dict[str, Any]]:
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        records = []
+        for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    self.skipped += 1
+        return records
 
-    def spill(self) -> int:
-        """Append what is still buffered to the journal file; returns how many records were journaled."""
-        if not self.spill_path:
-            return 0
+    @staticmethod
+    def _write_all(write: Callable[[Sequence[dict[str, Any]]], Any], records: list[dict[str, Any]],
+                   batch: int) -> None:
+        for k in range(0, len(records), batch):
+            write(records[k:k + batch])
+
+    def replay(self, write: Callable[[Sequence[dict[str, Any]]], Any], batch: int = 500) -> int:
+        """Move every journaled record this writer may take into the store; returns how many. Stops at the
+        first failing write (its error propagates): nothing is forgotten before it is written."""
+        with self._replaying:
+            with self._lock:
+                if self._fd is not None and self._appended:
+                    self._sealed.append((self.path, self._fd, self._appended))
+                    self._fd, self._appended = None, 0
+                    self._seq += 1
+            moved = 0
+            while self._sealed:
+                path, fd, n = self._sealed[0]
+                self._write_all(write, self._read(fd), batch)
+                path.unlink(missing_ok=True)
+                os.close(fd)
+                self._sealed.pop(0)
+                moved += n
+            mine = f"{self.prefix}{self.writer_id}-"
+            for path in sorted(self.directory.glob(f"{self.prefix}*.jsonl")) if self.directory.is_dir() else []:
+                if path.name.startswith(mine):
+                    continue
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                except FileNotFoundError:
+                    continue
+                try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue                      # a live writer's journal
+                    records = self._read(fd)
+                    self._write_all(write, records, batch)
+                    path.unlink(missing_ok=True)
+                    moved += len(records)
+                finally:
+                    os.close(fd)
+            return moved
+
+    def orphans(self) -> bool:
+        """Whether a journal of another writer lies in the directory (live or gone)."""
+        mine = f"{self.prefix}{self.writer_id}-"
+        return self.directory.is_dir() and any(not p.name.startswith(mine)
+                                               for p in self.directory.glob(f"{self.prefix}*.jsonl"))
+
+    def close(self) -> None:
+        """Release the files; a journal that still holds records stays for the next writer to replay."""
         with self._lock:
-            items, self._items = self._items, []
-        if not items:
-            return 0
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.spill_path, "a", encoding="utf-8") as fh:
-            for rec in items:
-                fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        return len(items)
+            handles = [(self.path, self._fd, self._appended)] if self._fd is not None else []
+            for path, fd, n in handles + self._sealed:
+                if n == 0:
+                    path.unlink(missing_ok=True)
+                os.close(fd)
+            self._fd, self._appended, self._sealed = None, 0, []
 
-    def replay(self) -> int:
-        """Load every journal in the spill directory (left by this or an earlier replica) into the buffer."""
-        if not self.spill_path:
-            return 0
-        n = 0
-        for journal in sorted(self.spill_path.parent.glob("*.jsonl")):
-            claimed = journal.with_suffix(f".replay-{os.getpid()}")
-            try:
-                os.replace(journal, claimed)  # atomic: two replicas never replay the same file
-            except FileNotFoundError:
-                continue
-            records = [json.loads(line) for line in claimed.read_text(encoding="utf-8").splitlines() if line.strip()]
-            self.add(records)
-            claimed.unlink()
-            n += len(records)
-        return n
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def score_signals(signals: Sequence[dict[str, Any]], candles: dict[str, Candles], horizon_ms: int,

@@ -72,14 +72,16 @@ def _classify(error: BaseException) -> FailureKind:
     return FailureKind.ERROR
 
 
-def _failure_answer(failure: BatchFailure) -> tuple[int, dict]:
+def _failure_answer(failure: BatchFailure, not_recorded: bool = False) -> tuple[int, dict]:
+    # a signal that could not be recorded is withheld: the client gets no signal it cannot find again
+    prefix = "signal withheld: it could not be recorded; " if not_recorded else ""
     if failure.kind == "timeout":
-        return 504, {"detail": f"signal pipeline timed out after {failure.waited_s:g} s "
+        return 504, {"detail": f"{prefix}signal pipeline timed out after {failure.waited_s:g} s "
                                f"waiting for stage '{failure.stage}'"}
     if failure.kind == "unavailable":
-        return 503, {"detail": f"stage '{failure.stage}' is unavailable"}
+        return 503, {"detail": f"{prefix}stage '{failure.stage}' is unavailable"}
     log.error("pipeline failed in stage %s", failure.stage, exc_info=failure.error)
-    return 500, {"detail": f"internal error in stage '{failure.stage}'"}
+    return 500, {"detail": f"{prefix}internal error in stage '{failure.stage}'"}
 
 
 @serve.deployment
@@ -90,7 +92,7 @@ class Orchestrator(StageBase):
     def __init__(self, features: DeploymentHandle, market: DeploymentHandle, ml: DeploymentHandle,
                  portfolio: DeploymentHandle, risk: DeploymentHandle, analytics: DeploymentHandle, *,
                  timeframe: str, max_batch_size: int, max_in_flight: int, stage_timeout_s: float,
-                 replacement_wait_s: float, analytics_send_s: float = 0.05):
+                 replacement_wait_s: float):
         self._init_stage()
         self.stages = {"features": features, "market_context": market, "ml": ml, "portfolio": portfolio,
                        "risk": risk, "analytics": analytics}
@@ -99,9 +101,6 @@ class Orchestrator(StageBase):
         self.timeframe = timeframe
         self.policy = BatchPolicy(stage_timeout_s=stage_timeout_s, replacement_wait_s=replacement_wait_s)
         self.batcher = AdaptiveBatcher(self.pipeline, max_batch_size=max_batch_size, max_in_flight=max_in_flight)
-        self._outbox: list[dict] = []  # rows of signals answered but not yet handed to Analytics
-        self._sender: asyncio.Task | None = None
-        self.analytics_send_s = analytics_send_s
         # answers the endpoints never see (guard rejections, validation 422s) are counted too
         api.state.count_response = lambda route, status: self.metrics.inc(
             "signalgen_requests_total", route=route, status=str(status))
@@ -134,10 +133,11 @@ class Orchestrator(StageBase):
         return results
 
     async def _run_stages(self, items: list[SignalInput]) -> list[tuple[int, dict]]:
-        """features ∥ market context → ML → portfolio → risk, under core/retry.py's policy; analytics off
-        the critical path. DeploymentResponses are passed straight into the next handle call, so this
-        awaits once per attempt."""
-        def start() -> _ChainAttempt:
+        """features ∥ market context → ML → portfolio → risk, then Analytics makes the signals durable;
+        each step under core/retry.py's policy. DeploymentResponses are passed straight into the next handle
+        call, so the stages cost one await. A signal is answered only once Analytics has acknowledged it
+        durable (stored, or journaled to disk): when the ingress replica dies, nothing it answered is lost."""
+        def stages() -> _ChainAttempt:
             f = self.features.compute.remote(items)
             c = self.market.context.remote(items)
             p = self.ml.predict.remote(f)
@@ -146,30 +146,30 @@ class Orchestrator(StageBase):
             return _ChainAttempt([("features", f), ("market_context", c), ("ml", p), ("portfolio", s),
                                   ("risk", r)])
 
-        out = await run_batch(start, self.policy, classify=_classify, size=len(items),
-                              stages_without_replica=self._stages_without_replica,
-                              on_failure=lambda stage, reason: self.metrics.inc(
-                                  "signalgen_stage_failures_total", stage=stage, reason=reason))
+        out = await self._under_policy(stages, len(items))
         if isinstance(out, BatchFailure):
             return [_failure_answer(out)] * len(items)
         finished = finish_batch(out, self.timeframe)
         answers = [http_result(r) for r in finished]
-        signals = [(r, body) for r, (_, body) in zip(finished, answers) if isinstance(r, Signal)]
-        for (symbol, action), n in Counter((r.work.input.symbol, body["action"]) for r, body in signals).items():
+        signals = [(i, r, answers[i][1]) for i, r in enumerate(finished) if isinstance(r, Signal)]
+        if not signals:
+            return answers
+        rows = [r.row(body) for _, r, body in signals]
+        recorded = await self._under_policy(
+            lambda: _ChainAttempt([("analytics", self.analytics.record.remote(rows))]), len(rows))
+        if isinstance(recorded, BatchFailure):  # not durable: never answer it as a signal
+            for i, _, _ in signals:
+                answers[i] = _failure_answer(recorded, not_recorded=True)
+            return answers
+        for (symbol, action), n in Counter((r.work.input.symbol, body["action"]) for _, r, body in signals).items():
             self.metrics.inc("signalgen_signals_total", n, symbol=symbol, action=action)
-        if signals:
-            self._outbox.extend(r.row(body) for r, body in signals)
-            if self._sender is None or self._sender.done():
-                self._sender = asyncio.create_task(self._send_outbox())
         return answers
 
-    async def _send_outbox(self) -> None:
-        """Coalesce the signals of consecutive batches into one Analytics call every `analytics_send_s`
-        (one hop per interval instead of one per batch); stops when the outbox is empty."""
-        while self._outbox:
-            await asyncio.sleep(self.analytics_send_s)
-            records, self._outbox = self._outbox, []
-            await self._persist(records)
+    def _under_policy(self, start: Any, size: int) -> Awaitable[Any]:
+        return run_batch(start, self.policy, classify=_classify, size=size,
+                         stages_without_replica=self._stages_without_replica,
+                         on_failure=lambda stage, reason: self.metrics.inc(
+                             "signalgen_stage_failures_total", stage=stage, reason=reason))
 
     async def _deployment_statuses(self) -> dict[str, Any] | None:
         """This application's deployments (status, message, replica states) from the Serve controller;
@@ -188,18 +188,6 @@ class Orchestrator(StageBase):
         return [name for name, handle in self.stages.items() if handle.deployment_name in deployments
                 and not any(getattr(state, "value", state) == "RUNNING" and n > 0
                             for state, n in deployments[handle.deployment_name].replica_states.items())]
-
-    async def _persist(self, records: list[dict], attempts: int = 5) -> None:
-        """Hand the signals to Analytics (which buffers and writes behind); retried so none is dropped."""
-        for attempt in range(attempts):
-            try:
-                await self.analytics.record.remote(records)
-                return
-            except Exception as e:
-                self.metrics.inc("signalgen_stage_failures_total", stage="analytics", reason=type(e).__name__)
-                log.warning("analytics.record failed (attempt %d): %s", attempt + 1, e)
-                await asyncio.sleep(0.2 * 2 ** attempt)
-        log.error("could not hand %d signals to analytics: %s", len(records), [r["signal_id"] for r in records])
 
     # ---------------------------------------------------------------- health, metrics, analytics
     @api.get("/health")
@@ -251,13 +239,3 @@ class Orchestrator(StageBase):
 
     def check_health(self) -> None:
         pass  # the ingress holds no resource of its own; /health reports the stages
-
-    def __del__(self) -> None:
-        """Graceful shutdown: hand over whatever is still in the outbox (Analytics journals it if it must)."""
-        if getattr(self, "_outbox", None):
-            try:
-                self.analytics.record.remote(self._outbox)
-                self._outbox = []
-            except Exception:  # noqa: BLE001 - shutting down; logged for the operator
-                log.exception("could not hand %d signals to analytics at shutdown", len(self._outbox))
-

@@ -2,13 +2,19 @@
 dashboard's REST API (as KubeRay does), the embedded store seeded with the sample data and a trained model."""
 from __future__ import annotations
 
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 
 from serve_app.cluster import deploy, free_port
+from serve_app.settings import StoreSettings
+from tests.conftest import mysql_admin_connection
 from tests.ray_helpers import serve_config_for_test
+from tests.tcp_proxy import TcpProxy
 
 
 # A second copy of the application, under /nodb, whose store is a MySQL server that refuses connections.
@@ -24,8 +30,9 @@ def sample_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from serve_app.data.sample import seed_store
 
     root = tmp_path_factory.mktemp("signalgen")
+    # the session's own store, registry and journal: nothing in the checkout's data/ or models/ is touched
     env = {"SIGNAL_DB_PATH": str(root / "crypto_prices.sqlite"), "MODEL_DIR": str(root / "models"),
-           "MYSQL_HOST": ""}
+           "SIGNAL_SPILL_DIR": str(root / "spill"), "MYSQL_HOST": ""}
     store = open_store(StoreSettings.from_env(env))
     try:
         seed_store(store)
@@ -62,3 +69,33 @@ def signal_app(ray_dashboard: str, sample_env: dict[str, str]) -> Iterator[dict]
     base = f"http://127.0.0.1:{http_port}"
     with httpx.Client(base_url=base, timeout=30) as client:
         yield {"url": base, "client": client, "env": sample_env, "status": status, "dashboard": ray_dashboard}
+
+
+@contextmanager
+def proxied_database(mysql_settings: StoreSettings, name: str, symbols: list[str], spill_dir: Path,
+                     proxy_up: bool = True) -> Iterator[dict]:
+    """A MariaDB database of its own, seeded with the synthetic sample for `symbols`, behind a TCP proxy the
+    test can cut (tests/tcp_proxy.py); `app_env` is the environment of an app that uses it through the proxy
+    with its own journal directory. The database is dropped afterwards."""
+    from serve_app.data.sample import seed_store
+    from serve_app.store import open_store
+
+    database = f"signalgen_test_{name}_{uuid.uuid4().hex[:10]}"
+    settings = StoreSettings(mysql_host=mysql_settings.mysql_host, mysql_port=mysql_settings.mysql_port,
+                             mysql_user=mysql_settings.mysql_user, mysql_password=mysql_settings.mysql_password,
+                             mysql_database=database, sqlite_path=mysql_settings.sqlite_path)
+    with open_store(settings) as store:
+        seed_store(store, symbols=symbols, n=600)
+        last_close = {s: float(store.load_candles(s, "1h", limit=1).close[-1]) for s in symbols}
+    proxy = TcpProxy((mysql_settings.mysql_host or "127.0.0.1", mysql_settings.mysql_port), start=proxy_up)
+    app_env = {"MYSQL_HOST": "127.0.0.1", "MYSQL_PORT": str(proxy.port), "MYSQL_DATABASE": database,
+               "MYSQL_USER": settings.mysql_user, "MYSQL_PASSWORD": settings.mysql_password,
+               "SIGNAL_SPILL_DIR": str(spill_dir)}
+    try:
+        yield {"database": database, "proxy": proxy, "last_close": last_close, "app_env": app_env}
+    finally:
+        proxy.close()
+        admin = mysql_admin_connection()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        admin.close()

@@ -14,19 +14,17 @@ database of its own seeded with BTC/ETH/SOL. The proxy is down when the app star
 """
 from __future__ import annotations
 
-import time
-import uuid
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
 
 from serve_app.cluster import applications, deploy, wait_deleted
 from serve_app.settings import StoreSettings
-from tests.conftest import mysql_admin_connection
-from tests.integration.conftest import STORE_DOWN_APP
+from tests.conftest import stored_signal_counts
+from tests.integration.conftest import STORE_DOWN_APP, proxied_database
+from tests.polling import wait_for
 from tests.ray_helpers import serve_config_for_test
-from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.mysql
 
@@ -51,55 +49,22 @@ def _replica_ids(dashboard: str) -> set[str]:
             if rep.get("state") == "RUNNING"}
 
 
-def _wait(what: str, check: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s (last: {last!r})")
-
-
 @pytest.fixture(scope="module")
 def dbfault(signal_app: dict, mysql_settings: StoreSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    from serve_app.store import open_store
-    from serve_app.data.sample import seed_store
-
-    database = f"signalgen_test_dbfault_{uuid.uuid4().hex[:10]}"
-    settings = StoreSettings(mysql_host=mysql_settings.mysql_host, mysql_port=mysql_settings.mysql_port,
-                             mysql_user=mysql_settings.mysql_user, mysql_password=mysql_settings.mysql_password,
-                             mysql_database=database, sqlite_path=mysql_settings.sqlite_path)
-    store = open_store(settings)
-    try:
-        seed_store(store, symbols=SYMBOLS, n=600)
-        last_close = {s: float(store.load_candles(s, "1h", limit=1).close[-1]) for s in SYMBOLS}
-    finally:
-        store.close()
-
-    proxy = TcpProxy((mysql_settings.mysql_host or "127.0.0.1", mysql_settings.mysql_port), start=False)
     http_port = int(signal_app["url"].rsplit(":", 1)[1])
     env = signal_app["env"]
-    app_env = {"MYSQL_HOST": "127.0.0.1", "MYSQL_PORT": str(proxy.port), "MYSQL_DATABASE": database,
-               "MYSQL_USER": settings.mysql_user, "MYSQL_PASSWORD": settings.mysql_password,
-               "SIGNAL_SPILL_DIR": str(tmp_path_factory.mktemp("dbfault-spill"))}
-    try:
-        status = deploy(signal_app["dashboard"], _config(http_port, env, app_env), timeout_s=180)
-        yield {"client": signal_app["client"], "proxy": proxy, "database": database, "status": status,
-               "dashboard": signal_app["dashboard"], "last_close": last_close,
-               "replicas": _replica_ids(signal_app["dashboard"]), "accepted": []}
-    finally:
+    with proxied_database(mysql_settings, "dbfault", SYMBOLS, tmp_path_factory.mktemp("dbfault-spill"),
+                          proxy_up=False) as db:
+        proxy = db["proxy"]
         try:
-            proxy.start()  # let the app's Analytics flush whatever it still holds before it is deleted
+            status = deploy(signal_app["dashboard"], _config(http_port, env, db["app_env"]), timeout_s=180)
+            yield {"client": signal_app["client"], "proxy": proxy, "database": db["database"], "status": status,
+                   "dashboard": signal_app["dashboard"], "last_close": db["last_close"],
+                   "replicas": _replica_ids(signal_app["dashboard"]), "accepted": []}
+        finally:
+            proxy.start()  # the app's Analytics stores what it journaled before it is deleted
             deploy(signal_app["dashboard"], _config(http_port, env, None), timeout_s=180)
             wait_deleted(signal_app["dashboard"], [APP], timeout_s=180)  # later tests see the session's apps only
-        finally:
-            proxy.close()
-            admin = mysql_admin_connection()
-            with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
-            admin.close()
 
 
 def _signal(ctx: dict, symbol: str = "SOL") -> httpx.Response:
@@ -107,17 +72,6 @@ def _signal(ctx: dict, symbol: str = "SOL") -> httpx.Response:
     if r.status_code == 200:
         ctx["accepted"].append(r.json()["signal_id"])
     return r
-
-
-def _stored(database: str) -> dict[str, int]:
-    """signal_id → number of rows, read straight from MariaDB (not through the proxy)."""
-    admin = mysql_admin_connection(database)
-    try:
-        with admin.cursor() as cur:
-            cur.execute("SELECT signal_id, COUNT(*) FROM signals GROUP BY signal_id")
-            return {sid: int(n) for sid, n in cur.fetchall()}
-    finally:
-        admin.close()
 
 
 def _health(ctx: dict) -> tuple[int, dict]:
@@ -148,11 +102,11 @@ def test_starts_while_the_database_is_down(dbfault: dict) -> None:
 
 def test_recovers_when_the_database_comes_up(dbfault: dict) -> None:
     dbfault["proxy"].start()
-    r = _wait("a 200 once the database is up", lambda: (lambda r: r if r.status_code == 200 else None)(_signal(dbfault)))
+    r = wait_for("a 200 once the database is up", lambda: (lambda r: r if r.status_code == 200 else None)(_signal(dbfault)))
     data = r.json()["data"]
     assert data["store_reachable"] is True and data["served_from_cache"] is False
     assert data["candles_cached"] > 0
-    _wait("/health 200", lambda: _health(dbfault)[0] == 200)
+    wait_for("/health 200", lambda: _health(dbfault)[0] == 200)
     for sym in SYMBOLS:
         assert _signal(dbfault, sym).status_code == 200
     assert _replica_ids(dbfault["dashboard"]) >= dbfault["replicas"], "a replica was restarted"
@@ -161,17 +115,17 @@ def test_recovers_when_the_database_comes_up(dbfault: dict) -> None:
 def test_drop_mid_run_serves_from_cache_and_loses_no_signal(dbfault: dict) -> None:
     proxy, database = dbfault["proxy"], dbfault["database"]
     proxy.start()
-    _wait("serving", lambda: _signal(dbfault).status_code == 200)
+    wait_for("serving", lambda: _signal(dbfault).status_code == 200)
 
     # 1. every open connection is cut (server restart, network blip): the store reconnects transparently
     proxy.cut()
     for sym in SYMBOLS * 2:
         assert _signal(dbfault, sym).status_code == 200
-    _wait("signals before the outage written", lambda: set(dbfault["accepted"]) <= set(_stored(database)))
+    wait_for("signals before the outage written", lambda: set(dbfault["accepted"]) <= set(stored_signal_counts(database)))
 
     # 2. the database goes away mid-run
     proxy.stop()
-    r = _wait("a signal marked served_from_cache",
+    r = wait_for("a signal marked served_from_cache",
               lambda: (lambda r: r if r.status_code == 200 and r.json()["data"]["served_from_cache"] else None)(
                   _signal(dbfault)))
     during: list[str] = []
@@ -182,28 +136,28 @@ def test_drop_mid_run_serves_from_cache_and_loses_no_signal(dbfault: dict) -> No
         assert data["store_reachable"] is False and data["served_from_cache"] is True, data
         assert data["cache_age_s"] is not None and data["cache_age_s"] > 0
         during.append(r.json()["signal_id"])
-    code, health = _wait("/health naming the analytics backlog",
+    code, health = wait_for("/health naming the analytics backlog",
                          lambda: (lambda h: h if h[1]["stages"]["analytics"]["pending_writes"] > 0 else None)(
                              _health(dbfault)))
     assert code == 503 and health["stages"]["analytics"]["store_reachable"] is False, health
     assert health["stages"]["features"]["store_reachable"] is False
-    assert any(reason.startswith("analytics:") and "buffered" in reason for reason in health["reasons"])
-    assert not set(during) & set(_stored(database)), "written while the database was down?"
+    assert any(reason.startswith("analytics:") and "journaled" in reason for reason in health["reasons"])
+    assert not set(during) & set(stored_signal_counts(database)), "written while the database was down?"
 
     # 3. back: the same replicas catch up; every accepted signal is stored exactly once
     proxy.start()
     accepted = dbfault["accepted"]
-    _wait("every accepted signal written", lambda: set(accepted) <= set(_stored(database)), timeout_s=40)
-    stored = _stored(database)
+    wait_for("every accepted signal written", lambda: set(accepted) <= set(stored_signal_counts(database)), timeout_s=40)
+    stored = stored_signal_counts(database)
     assert len(accepted) == len(set(accepted))
     assert set(stored) == set(accepted), {"missing": set(accepted) - set(stored), "extra": set(stored) - set(accepted)}
     assert all(n == 1 for n in stored.values()), "a signal was written twice"
 
-    r = _wait("signals from a refreshed cache",
+    r = wait_for("signals from a refreshed cache",
               lambda: (lambda r: r if r.status_code == 200 and r.json()["data"]["store_reachable"] else None)(
                   _signal(dbfault)))
     assert r.json()["data"]["served_from_cache"] is False
-    _wait("/health 200 again", lambda: _health(dbfault)[0] == 200)
-    _wait("the last signal written", lambda: set(accepted) <= set(_stored(database)))
-    assert set(_stored(database)) == set(accepted)
+    wait_for("/health 200 again", lambda: _health(dbfault)[0] == 200)
+    wait_for("the last signal written", lambda: set(accepted) <= set(stored_signal_counts(database)))
+    assert set(stored_signal_counts(database)) == set(accepted)
     assert _replica_ids(dbfault["dashboard"]) >= dbfault["replicas"], "a replica was restarted"

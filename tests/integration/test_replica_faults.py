@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from serve_app.cluster import applications, put_config, wait_deleted
+from tests.polling import wait_for
 from tests.ray_helpers import serve_config_for_test
 
 pytestmark = pytest.mark.integration
@@ -42,20 +43,6 @@ KILL_STAGES = ["FeatureEngine", "MarketContext", "MLEngine", "Portfolio", "RiskM
 STAGE_TIMEOUT_BADMODEL_S = 1.0
 STAGE_TIMEOUT_SLOW_S = 2.0
 LOAD_S, KILL_AT_S = 30, 5  # hey runs 4 clients x 10 req/s; the replica dies 5 s in and has 25 s to come back
-
-
-def wait_for(predicate, timeout_s: float, what: str, period_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except (httpx.HTTPError, KeyError):
-            pass
-        time.sleep(period_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
 
 
 def running_replicas(dashboard: str, app: str, deployment: str) -> list[str]:
@@ -111,7 +98,7 @@ def fault_apps(signal_app: dict, tmp_path_factory: pytest.TempPathFactory):
             assert not failed, f"deploy failed: {failed}"
             return all(s == "RUNNING" for s in states.values())
 
-        wait_for(up, 240, "the fault-test applications to be RUNNING", period_s=1.0)
+        wait_for("the fault-test applications to be RUNNING", up, 240, every_s=1.0)
         slow = start_slow_request(signal_app["url"])  # checked by the last test, 30 s later
         yield {"dashboard": dashboard, "base": signal_app["url"], "bad_file": bad_file, "killed": {}, "slow": slow}
         slow["thread"].join(timeout=60)
@@ -139,7 +126,7 @@ def test_stage_that_raises_answers_500_naming_it_and_is_counted(fault_apps: dict
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("ray_signalgen_stage_failures_total{") and 'stage="risk"' in line)
 
-    assert wait_for(counted, 20, "the risk failure in signalgen_stage_failures_total") >= 1
+    assert wait_for("the risk failure in signalgen_stage_failures_total", counted, 20) >= 1
 
 
 # ------------------------------------------------------------------------------------------ (c) stage timeout
@@ -159,7 +146,7 @@ def test_a_stage_slower_than_stage_timeout_ends_in_504_naming_it(fault_apps: dic
                    if line.startswith("ray_signalgen_stage_failures_total{")
                    and 'stage="risk"' in line and 'reason="timeout"' in line)
 
-    assert wait_for(counted, 20, "the timeout in signalgen_stage_failures_total") >= 1
+    assert wait_for("the timeout in signalgen_stage_failures_total", counted, 20) >= 1
 
 
 # ------------------------------------------------------------------------------------------ (d) bad model file
@@ -174,7 +161,7 @@ def test_corrupt_model_file_fails_ml_start_up_naming_the_file_and_health_says_so
         return dep.get("message") if str(bad_file) in (dep.get("message") or "") else None
 
     try:
-        message = wait_for(ml_message, 120, "the MLEngine deployment's status message naming the model file")
+        message = wait_for("the MLEngine deployment's status message naming the model file", ml_message, 120)
     except AssertionError as e:
         raise AssertionError(f"{e}; MLEngine status: {seen}") from None
     assert "MLEngine cannot start" in message and "checksum mismatch" in message
@@ -183,7 +170,7 @@ def test_corrupt_model_file_fails_ml_start_up_naming_the_file_and_health_says_so
         r = httpx.get(f"{base}/badmodel/health", timeout=30)
         return r if r.status_code == 503 and str(bad_file) in r.text else None
 
-    r = wait_for(health, 60, "/badmodel/health naming the model file", period_s=1.0)
+    r = wait_for("/badmodel/health naming the model file", health, 60, every_s=1.0)
     body = r.json()
     assert body["status"] == "unavailable" and not body["stages"]["ml"]["ok"]
     assert any(str(bad_file) in reason for reason in body["reasons"]), body["reasons"]
@@ -221,8 +208,8 @@ def test_killing_a_replica_under_load_fails_at_most_1_percent(fault_apps: dict, 
 
     assert shutil.which("hey"), "hey is not installed (`make test` installs it: apt-get install hey)"
     dashboard, base = fault_apps["dashboard"], fault_apps["base"]
-    replicas = wait_for(lambda: (lambda r: r if len(r) == FAULT_REPLICAS else None)(
-        running_replicas(dashboard, "faults", deployment)), 60, f"{deployment} replicas RUNNING")
+    replicas = wait_for(f"{deployment} replicas RUNNING", lambda: (lambda r: r if len(r) == FAULT_REPLICAS else None)(
+        running_replicas(dashboard, "faults", deployment)), 60)
     victim = replicas[0]
     result: dict = {}
     load = threading.Thread(target=lambda: result.update(hey(f"{base}/faults/generate_signal", LOAD_S, 4, 10)))
@@ -249,7 +236,7 @@ def test_killed_replicas_come_back(fault_apps: dict) -> None:
                 return False
         return True
 
-    wait_for(all_back, 120, f"new replicas of {sorted(killed)}", period_s=1.0)
+    wait_for(f"new replicas of {sorted(killed)}", all_back, 120, every_s=1.0)
 
 
 # ------------------------------------------------------------------------------------------ (c) request timeout

@@ -372,7 +372,7 @@ def test_no_password_in_what_is_applied():
 
 def test_ml_group_mounts_the_model_volume_and_seeds_it(cluster):
     model_dir = _one("ConfigMap", CONFIGMAP)["data"]["MODEL_DIR"]
-    pvc = _one("PersistentVolumeClaim")
+    pvc = _one("PersistentVolumeClaim", "signalgen-models")
     assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
     ml = _worker(cluster, "ml-workers")["template"]["spec"]
     volumes = {v["name"]: v for v in ml["volumes"]}
@@ -386,7 +386,35 @@ def test_ml_group_mounts_the_model_volume_and_seeds_it(cluster):
     assert "CURRENT" in script and MODEL_SEED_DIR in script and "$MODEL_DIR" in script
     assert MODEL_SEED_DIR in (h.REPO / "Dockerfile").read_text()
     cpu = _worker(cluster, "cpu-workers")["template"]["spec"]
-    assert not any("persistentVolumeClaim" in v for v in cpu.get("volumes", []))
+    assert not any(v.get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"]["name"]
+                   for v in cpu.get("volumes", []))
+
+
+def test_every_worker_journals_to_a_shared_volume_that_outlives_the_pod(cluster):
+    """Analytics may run on any worker and journals there what the database cannot take: SIGNAL_SPILL_DIR
+    must be, in every group that can host replicas, a mount of the one ReadWriteMany claim."""
+    spill_dir = _one("ConfigMap", CONFIGMAP)["data"]["SIGNAL_SPILL_DIR"]
+    pvc = _one("PersistentVolumeClaim", "signalgen-spill")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name, group in _groups(cluster):
+        if group.get("rayStartParams", {}).get("num-cpus") == "0":
+            continue  # the head hosts no replica
+        spec = group["template"]["spec"]
+        claims = {v["name"] for v in spec["volumes"]
+                  if v.get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"]["name"]}
+        mounts = {m["name"]: m["mountPath"] for m in _ray_container(group)["volumeMounts"]}
+        assert [mounts.get(v) for v in claims] == [spill_dir], name
+
+
+def test_pods_outlast_the_replicas_graceful_shutdown(cluster, serve_config):
+    """A worker pod being deleted gives its replicas the graceful shutdown their deployment asks for."""
+    longest = max(d.get("graceful_shutdown_timeout_s", 20) + d.get("graceful_shutdown_wait_loop_s", 2)
+                  for app in serve_config["applications"] for d in app["deployments"])
+    for name, group in _groups(cluster):
+        if group.get("rayStartParams", {}).get("num-cpus") == "0":
+            continue
+        grace = group["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        assert grace >= longest + 10, (name, grace, longest)
 
 
 def test_ml_group_capacity_covers_the_ml_engine(cluster, serve_config):
@@ -400,7 +428,7 @@ def test_ml_group_capacity_covers_the_ml_engine(cluster, serve_config):
     per_replica = dep["ray_actor_options"]["resources"][GEN.ML_RESOURCE]
     assert dep["autoscaling_config"]["max_replicas"] * per_replica <= ml["maxReplicas"] * GEN.ML_ENGINE_PER_POD
     # ReadWriteOnce volume: a single ML pod (pvc.yaml explains)
-    if "ReadWriteOnce" in _one("PersistentVolumeClaim")["spec"]["accessModes"]:
+    if "ReadWriteOnce" in _one("PersistentVolumeClaim", "signalgen-models")["spec"]["accessModes"]:
         assert ml["maxReplicas"] == 1
 
 
