@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: docs-plots hey run test setup venv seed-db train model stop clean help bench loadtest kuberay kuberay-check
+.PHONY: docs-plots hey tools run test setup venv seed-db train model stop clean help bench loadtest kuberay kuberay-check
 
 help:
 	@echo "make run      set up (venv, sample data, default model) and serve on http://127.0.0.1:8000"
@@ -69,10 +69,17 @@ kuberay-check: venv
 	$(PY) kuberay/generate.py --check
 
 # Benchmark (not part of the tests): graph vs no-op Serve ingress vs one uvicorn process vs in-process.
-# hey (HTTP load generator, Debian package) drives the benchmark, the load test and the replica-fault test.
-hey:
-	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; \
-		(apt-get update -qq && apt-get install -y -qq hey) >/dev/null; }
+# Debian tools the tests and benchmarks use, installed with apt-get when missing (so `make test` needs root,
+# or these installed): hey (HTTP load: benchmark, load test, replica-fault test), kubectl (kustomize renders
+# kuberay/ for the manifest tests).
+TOOLS := hey:hey kubectl:kubectl
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+		(apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null || \
+		{ echo "could not install$$missing: run as root, or install them first" >&2; exit 1; }; fi
+
+hey: tools
 
 bench: setup hey
 	$(PY) -m bench.run $(BENCH_ARGS)
@@ -83,7 +90,7 @@ LOADTEST_ARGS ?=
 loadtest: setup hey
 	$(PY) -m bench.loadtest $(LOADTEST_ARGS)
 
-test: venv hey
+test: venv tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -18,6 +18,13 @@ SCRUBBED = ("SIGNAL_API_KEY", "SIGNAL_DB_PATH", "SIGNAL_SPILL_DIR", "SIGNAL_MAX_
 for _name in [k for k in os.environ if k in SCRUBBED or (k.startswith("MYSQL_") and not k.startswith("MYSQL_TEST_"))]:
     del os.environ[_name]
 
+def skip_or_fail(message: str) -> None:
+    """A missing prerequisite: skip when run by hand, fail under CI (where everything must run)."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 # --- database fixtures ---
 # A real MariaDB/MySQL server (default root@127.0.0.1:3306 with an empty password; override with
 # MYSQL_TEST_HOST / MYSQL_TEST_PORT / MYSQL_TEST_USER / MYSQL_TEST_PASSWORD). Each test session gets
@@ -53,10 +60,7 @@ def mysql_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSe
     try:
         admin = mysql_admin_connection()
     except pymysql.err.MySQLError as exc:
-        message = f"MariaDB/MySQL not reachable at {MYSQL_TEST_HOST}:{MYSQL_TEST_PORT}: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"MariaDB/MySQL not reachable at {MYSQL_TEST_HOST}:{MYSQL_TEST_PORT}: {exc}")
     name = f"signalgen_test_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")

@@ -7,9 +7,10 @@ from typing import Any, Callable
 import httpx
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.25) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.25,
+             detail: Callable[[], str] | None = None) -> Any:
     """Poll `check` until it returns something truthy (returned); an HTTP error or a missing key counts as
-    not yet. AssertionError naming `what` and the last value after `timeout_s`."""
+    not yet. AssertionError naming `what`, the last value and `detail()` (e.g. a log tail) after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -20,4 +21,4 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every
         if last:
             return last
         time.sleep(every_s)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s (last: {last!r})")
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s (last: {last!r}){detail() if detail else ''}")

@@ -48,6 +48,7 @@ log = logging.getLogger("ray.serve")
 API_KEY = APIKeyHeader(name="X-API-Key", scheme_name="ApiKeyAuth", auto_error=False)
 API_KEY_HEADER = API_KEY.model.name
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
+DEFAULT_BODY_TIMEOUT_S = 15.0
 MAX_JSON_DEPTH = 32            # the request schema is flat; 32 levels is generous
 MAX_NUMBER_DIGITS = 100        # longer integer literals are rejected (Python refuses > 4300 digits anyway)
 MAX_ECHO_CHARS = 200           # a 422 echoes at most this much of an offending input
@@ -186,14 +187,14 @@ class HTTPGuard:
     builds the middleware stack, i.e. on the replica's first request."""
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI, api_key: str | None = None,
-                 max_body_bytes: int | None = None, body_timeout_s: float = 15.0,
+                 max_body_bytes: int | None = None, body_timeout_s: float | None = None,
                  max_json_depth: int = MAX_JSON_DEPTH):
         self.app, self.fastapi_app = app, fastapi_app
         settings = guard_settings()
         key = settings["api_key"] if api_key is None else api_key
         self.api_key: bytes | None = key.encode("utf-8") if key else None
         self.max_body_bytes = settings["max_body_bytes"] if max_body_bytes is None else max_body_bytes
-        self.body_timeout_s = body_timeout_s
+        self.body_timeout_s = settings["body_timeout_s"] if body_timeout_s is None else body_timeout_s
         self.max_json_depth = max_json_depth
         self._routes: frozenset[str] | None = None
 
@@ -325,21 +326,28 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def guard_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`SIGNAL_API_KEY` (unset or empty: no key required) and `SIGNAL_MAX_BODY_BYTES` (default 16 KiB)."""
-    env = os.environ if env is None else env
-    raw = (env.get("SIGNAL_MAX_BODY_BYTES") or "").strip()
+def _positive(env: dict[str, str], name: str, default: float, kind: type) -> Any:
+    raw = (env.get(name) or "").strip()
     try:
-        max_body = int(raw) if raw else DEFAULT_MAX_BODY_BYTES
-        if max_body <= 0:
+        value = kind(raw) if raw else default
+        if value <= 0:
             raise ValueError
     except ValueError:
-        raise ValueError(f"SIGNAL_MAX_BODY_BYTES must be a positive integer, got {raw!r}") from None
-    return {"api_key": (env.get("SIGNAL_API_KEY") or "").strip() or None, "max_body_bytes": max_body}
+        raise ValueError(f"{name} must be a positive {kind.__name__}, got {raw!r}") from None
+    return value
+
+
+def guard_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`SIGNAL_API_KEY` (unset or empty: no key required), `SIGNAL_MAX_BODY_BYTES` (default 16 KiB) and
+    `SIGNAL_BODY_TIMEOUT_S` (how long a request body may take to arrive, default 15 s)."""
+    env = os.environ if env is None else env
+    return {"api_key": (env.get("SIGNAL_API_KEY") or "").strip() or None,
+            "max_body_bytes": _positive(env, "SIGNAL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int),
+            "body_timeout_s": _positive(env, "SIGNAL_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S, float)}
 
 
 def install_guards(app: FastAPI, *, api_key: str | None = None, max_body_bytes: int | None = None,
-                   body_timeout_s: float = 15.0) -> FastAPI:
+                   body_timeout_s: float | None = None) -> FastAPI:
     """Install the guards on `app` (call once, before it serves). Explicit arguments override the
     environment (tests); by default the replica's environment is read when it serves its first request.
     A malformed SIGNAL_MAX_BODY_BYTES fails here, at import, with a message naming it."""

@@ -26,7 +26,9 @@ from tests.integration.conftest import STORE_DOWN_APP, proxied_database
 from tests.polling import wait_for
 from tests.ray_helpers import serve_config_for_test
 
-pytestmark = pytest.mark.mysql
+# A scenario in steps: the fixture deploys /dbfault with the database down, the first test sees that start and
+# brings the database up, the next cuts it mid-run. The module's place in the suite is random; its order is not.
+pytestmark = [pytest.mark.mysql, pytest.mark.random_order(disabled=True)]
 
 APP = "dbfault"
 SYMBOLS = ["BTC", "ETH", "SOL"]
@@ -79,7 +81,7 @@ def _health(ctx: dict) -> tuple[int, dict]:
     return h.status_code, h.json()
 
 
-def test_starts_while_the_database_is_down(dbfault: dict) -> None:
+def test_starts_while_the_database_is_down_then_recovers(dbfault: dict) -> None:
     assert not dbfault["proxy"].up
     assert dbfault["status"]["applications"][APP]["status"] == "RUNNING"
     where = f"127.0.0.1:{dbfault['proxy'].port}"
@@ -99,8 +101,7 @@ def test_starts_while_the_database_is_down(dbfault: dict) -> None:
     # the session's apps are untouched by the third one
     assert dbfault["client"].post("/generate_signal", json={"symbol": "SOL", "price": 100.0}).status_code == 200
 
-
-def test_recovers_when_the_database_comes_up(dbfault: dict) -> None:
+    # the database comes up: the same replicas recover without a restart
     dbfault["proxy"].start()
     r = wait_for("a 200 once the database is up", lambda: (lambda r: r if r.status_code == 200 else None)(_signal(dbfault)))
     data = r.json()["data"]

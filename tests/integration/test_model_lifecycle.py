@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serve_app import cluster
 from serve_app.cluster import applications
 from serve_app.cli import models as models_cli
 from serve_app.training import lifecycle
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,10 +64,13 @@ class Client(threading.Thread):
                     self.failures.append(f"{r.status_code} {r.text[:200]}")
 
     def wait_for(self, version: str, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not (self.responses and self.responses[-1][1] == version):
-            time.sleep(0.2)
-        assert self.responses and self.responses[-1][1] == version, f"never served {version}: {self.failures[-3:]}"
+        wait_for(f"{version} served (failures: {self.failures[-3:]})",
+                 lambda: self.responses and self.responses[-1][1] == version, timeout_s, every_s=0.2)
+
+    def wait_for_more(self, n: int, timeout_s: float = 60) -> None:
+        """Until `n` more answers arrived (instead of sleeping and hoping some did)."""
+        target = len(self.responses) + n
+        wait_for(f"{n} more answers", lambda: len(self.responses) >= target, timeout_s, every_s=0.05)
 
     def versions_sent_between(self, start: float, end: float) -> set[str]:
         return {v for t, v in list(self.responses) if start <= t < end}
@@ -97,12 +102,12 @@ def test_promote_then_rollback_without_downtime(signal_app, monkeypatch):
         assert run_models("promote", new, "--address", dashboard, "--require-deploy") == 0
         promoted = time.monotonic()
         client.wait_for(new)
-        time.sleep(1.0)  # a few more requests on the new model
+        client.wait_for_more(5)  # a few more requests on the new model
         rollback_started = time.monotonic()
         assert run_models("rollback", "--address", dashboard, "--require-deploy") == 0
         rolled_back = time.monotonic()
         client.wait_for(old)
-        time.sleep(1.0)
+        client.wait_for_more(5)
     finally:
         client.stop.set()
         client.join(60)
@@ -126,3 +131,42 @@ def test_promote_then_rollback_without_downtime(signal_app, monkeypatch):
         # nothing but the model version changed in either application's config
         expected, _ = lifecycle.with_model_version({"applications": [before[name]["deployed_app_config"]]}, old)
         assert after[name]["deployed_app_config"] == expected["applications"][0]
+
+
+def test_promote_that_the_app_does_not_take_restores_the_previous_config(signal_app, monkeypatch):
+    """The new config is PUT for real; when the app does not become healthy on it in time (here: the wait
+    gives up at once), promote re-applies the previous live config, leaves the registry as it was and exits 2."""
+    from serve_app.settings import StoreSettings
+    from serve_app.store import open_store
+    from serve_app.training import registry
+    from serve_app.training.train import train
+
+    env, dashboard = signal_app["env"], signal_app["dashboard"]
+    root = Path(env["MODEL_DIR"])
+    with open_store(StoreSettings.from_env(env)) as store:
+        new = train(store, root=root, n_estimators=20, set_current=False, seed=23).name
+    current, history = registry.current_version(root), registry.read_history(root)
+    before = declarative(dashboard)
+    served = signal_app["client"].post("/generate_signal", json=REQUEST).json()["model_version"]
+    put: list[str] = []
+    real_deploy = cluster.deploy
+
+    def deploy_and_record(address: str, config: dict, timeout_s: float) -> dict:
+        put.append(ml_model_version({"deployed_app_config": next(
+            a for a in config["applications"] if a["name"] == "signals")}))
+        return real_deploy(address, config, timeout_s)
+
+    def never_healthy(*args, **kwargs) -> None:
+        raise TimeoutError("MLEngine not HEALTHY on the new version (test)")
+
+    monkeypatch.setenv("MODEL_DIR", str(root))
+    monkeypatch.setattr(cluster, "deploy", deploy_and_record)
+    monkeypatch.setattr(lifecycle, "_wait_model_applied", never_healthy)
+    assert run_models("promote", new, "--address", dashboard, "--require-deploy") == 2
+    assert put == [new, ml_model_version(before["signals"])]       # the new config, then the previous one
+    after = declarative(dashboard)
+    for name in ("signals", "nodb"):
+        assert after[name]["deployed_app_config"] == before[name]["deployed_app_config"]
+    assert registry.current_version(root) == current and registry.read_history(root) == history
+    wait_for(f"{served} served again", lambda: signal_app["client"].post(
+        "/generate_signal", json=REQUEST).json()["model_version"] == served, 120)

@@ -10,7 +10,6 @@ import secrets
 import shlex
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +19,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.ray_procs import CLUSTER_ENV
+from tests.polling import wait_for
 from scripts.ray_procs import stop as stop_processes
 from serve_app.cluster import free_port, wait_running
 
@@ -165,16 +165,10 @@ def scrape(ports: list[int]) -> set[str]:
 def test_metrics_ports_export_app_and_serve_metrics(deployed):
     for _ in range(5):
         httpx.post(f"{deployed['url']}/generate_signal", json={"symbol": "ETH", "price": 3000.0}, timeout=60)
-    deadline = time.monotonic() + 90
-    names: set[str] = set()
     wanted = {"ray_signalgen_signals_total", "ray_signalgen_ml_batch_size_bucket",
               "ray_serve_num_http_requests_total", "ray_serve_deployment_request_counter_total"}
-    while time.monotonic() < deadline:
-        names = scrape(deployed["metrics_ports"])
-        if wanted <= names:
-            break
-        time.sleep(3)
-    assert wanted <= names, sorted(wanted - names)
+    names = wait_for("every wanted name exported (Ray reports metrics every few seconds)",
+                     lambda: (lambda n: n if wanted <= n else None)(scrape(deployed["metrics_ports"])), 90, 3)
     deployed["scrape"] = names
 
 

@@ -13,7 +13,6 @@ import signal
 import socket
 import stat
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +21,7 @@ import pytest
 
 from scripts.ray_procs import pids_with
 from tests.checkout import copy_checkout
+from tests.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PORTS = {"serve http": 8000, "dashboard": 8265, "metrics": 8080, "gcs": 6380}
@@ -59,17 +59,6 @@ def _describe(pids: list[int]) -> list[str]:
             continue
         out.append(f"{pid}: {cmdline[:160]}")
     return out
-
-
-def _wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.5, on_timeout=None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval_s)
-    extra = on_timeout() if on_timeout else ""
-    pytest.fail(f"{what} not reached within {timeout_s:.0f} s{extra}")
 
 
 class QuickStart:
@@ -120,7 +109,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickStart]
                                    start_new_session=True)
     try:
         # venv + packages with no pip cache, sample data, default model, Ray, seven deployments
-        _wait_until(qs.health, 900, "GET /health 200 from make run", interval_s=2, on_timeout=qs.log_tail)
+        wait_for("GET /health 200 from make run", qs.health, 900, every_s=2, detail=qs.log_tail)
         yield qs
     finally:
         if qs.proc.poll() is None:           # a test failed before Ctrl-C: stop it the same way
@@ -186,10 +175,10 @@ def test_promote_and_rollback_against_make_run(quickstart: QuickStart) -> None:
 
 def _assert_all_gone(qs: QuickStart) -> None:
     home = str(qs.home)
-    _wait_until(lambda: not _pids_with_home(home), 60, "no process of the run left",
-                on_timeout=lambda: "\n" + "\n".join(_describe(_pids_with_home(home))))
-    _wait_until(lambda: all(_port_free(p) for p in PORTS.values()), 60, "ports 8000/8265/8080/6380 free",
-                on_timeout=_who_holds_ports)
+    wait_for("no process of the run left", lambda: not _pids_with_home(home), 60,
+                detail=lambda: "\n" + "\n".join(_describe(_pids_with_home(home))))
+    wait_for("ports 8000/8265/8080/6380 free", lambda: all(_port_free(p) for p in PORTS.values()), 60,
+                detail=_who_holds_ports)
 
 
 def _who_holds_ports() -> str:
@@ -213,8 +202,8 @@ def test_make_stop_from_a_second_shell(quickstart: QuickStart) -> None:
     with open(quickstart.log_path, "ab") as log:
         quickstart.proc = subprocess.Popen(["make", "run"], cwd=quickstart.workdir, env=quickstart.env,
                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_until(quickstart.health, 300, "GET /health 200 from the second make run", interval_s=2,
-                on_timeout=quickstart.log_tail)
+    wait_for("GET /health 200 from the second make run", quickstart.health, 300, every_s=2,
+                detail=quickstart.log_tail)
     assert quickstart.signal(SEED_REQUESTS[1])["symbol"] == "BTC"
     stopped = quickstart.run("make", "stop", timeout=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -240,5 +229,5 @@ def test_make_bench_starts_its_cluster_from_an_empty_home(quickstart: QuickStart
     assert token_file.read_text().strip() not in bench.stdout + bench.stderr
     result = json.loads(out.read_text())["scenarios"]["noop_http"]
     assert result and all(level["errors"] == 0 and level["requests"] > 0 for level in result.values())
-    _wait_until(lambda: not _pids_with_home(str(home)), 60, "no process of make bench left",
-                on_timeout=lambda: "\n" + "\n".join(_describe(_pids_with_home(str(home)))))
+    wait_for("no process of make bench left", lambda: not _pids_with_home(str(home)), 60,
+                detail=lambda: "\n" + "\n".join(_describe(_pids_with_home(str(home)))))

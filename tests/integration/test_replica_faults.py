@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -100,7 +99,7 @@ def fault_apps(signal_app: dict, tmp_path_factory: pytest.TempPathFactory):
 
         wait_for("the fault-test applications to be RUNNING", up, 240, every_s=1.0)
         slow = start_slow_request(signal_app["url"])  # checked by the last test, 30 s later
-        yield {"dashboard": dashboard, "base": signal_app["url"], "bad_file": bad_file, "killed": {}, "slow": slow}
+        yield {"dashboard": dashboard, "base": signal_app["url"], "bad_file": bad_file, "slow": slow}
         slow["thread"].join(timeout=60)
     finally:
         cfg["applications"] = session_apps
@@ -111,9 +110,8 @@ def fault_apps(signal_app: dict, tmp_path_factory: pytest.TempPathFactory):
 # ------------------------------------------------------------------------------------------ (b) a stage raises
 def test_stage_that_raises_answers_500_naming_it_and_is_counted(fault_apps: dict) -> None:
     base = fault_apps["base"]
-    t0 = time.monotonic()
+    # at once, not after a wait: the client gives up long before stage_timeout_s (120 s on /faulty) would end it
     r = httpx.post(f"{base}/faulty/generate_signal", json={"symbol": "ETH", "price": 3000.0}, timeout=30)
-    assert time.monotonic() - t0 < 10, "a raising stage must answer at once, not hang"
     assert r.status_code == 500, r.text
     assert r.json() == {"detail": "internal error in stage 'risk'"}
     assert "Traceback" not in r.text and "injected" not in r.text
@@ -132,13 +130,12 @@ def test_stage_that_raises_answers_500_naming_it_and_is_counted(fault_apps: dict
 # ------------------------------------------------------------------------------------------ (c) stage timeout
 def test_a_stage_slower_than_stage_timeout_ends_in_504_naming_it(fault_apps: dict) -> None:
     base = fault_apps["base"]
-    t0 = time.monotonic()
+    # the slow stage sleeps 45 s; the client waits 30 s (the proxy's request_timeout_s), so only the ingress's
+    # own stage timeout can produce this answer
     r = httpx.post(f"{base}/slowstage/generate_signal", json={"symbol": "BTC", "price": 50000.0}, timeout=30)
-    elapsed = time.monotonic() - t0
     assert r.status_code == 504, r.text
     assert r.json()["detail"] == (f"signal pipeline timed out after {STAGE_TIMEOUT_SLOW_S:g} s "
                                   f"waiting for stage 'risk'")
-    assert elapsed < STAGE_TIMEOUT_SLOW_S + 8, f"answered after {elapsed:.1f} s"
 
     def counted() -> float:
         text = httpx.get(f"{base}/slowstage/metrics", timeout=30).text
@@ -179,10 +176,9 @@ def test_corrupt_model_file_fails_ml_start_up_naming_the_file_and_health_says_so
     # a signal needs the ML engine: while Serve still retries its start-up (no running ML replica) the call
     # waits for one up to replacement_wait_s and ends with 504 (1 s here); once the deployment is
     # DEPLOY_FAILED Serve refuses it at once (503). Either way it names the stage and does not hang.
-    t0 = time.monotonic()
     s = httpx.post(f"{base}/badmodel/generate_signal", json={"symbol": "SOL", "price": 100.0}, timeout=30)
     assert s.status_code in (503, 504), s.text
-    assert "'ml'" in s.json()["detail"] and time.monotonic() - t0 < STAGE_TIMEOUT_BADMODEL_S + 5
+    assert "'ml'" in s.json()["detail"]
 
 
 # ------------------------------------------------------------------------------------------ (a) kill a replica
@@ -200,6 +196,15 @@ def hey(url: str, seconds: float, concurrency: int, qps: float) -> dict[str, int
     return codes
 
 
+def requests_answered(base: str) -> float:
+    """/faults' answered signal requests, as its ingress counts them (any status)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/faults/metrics", timeout=30).text
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "ray_signalgen_requests"
+               for s in f.samples if s.name.endswith("_total") and s.labels.get("route") == "/generate_signal")
+
+
 @pytest.mark.parametrize("deployment", KILL_STAGES)
 def test_killing_a_replica_under_load_fails_at_most_1_percent(fault_apps: dict, deployment: str) -> None:
     """/faults runs one replica of every stage: the ingress retries a batch that lost a stage replica until
@@ -213,30 +218,20 @@ def test_killing_a_replica_under_load_fails_at_most_1_percent(fault_apps: dict, 
     victim = replicas[0]
     result: dict = {}
     load = threading.Thread(target=lambda: result.update(hey(f"{base}/faults/generate_signal", LOAD_S, 4, 10)))
+    answered_before = requests_answered(base)
     load.start()
-    time.sleep(KILL_AT_S)
+    # kill once the load is flowing: KILL_AT_S worth of it (40 requests a second) answered, not a sleep
+    wait_for("the load answered", lambda: requests_answered(base) - answered_before >= 40 * KILL_AT_S, 60, 0.2)
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     load.join()
-    fault_apps["killed"][deployment] = victim
+    # the killed replica is replaced (the controller starts a new one; the batches waited for it)
+    wait_for(f"a new {deployment} replica", lambda: (lambda now: len(now) == FAULT_REPLICAS and victim not in now)(
+        running_replicas(dashboard, "faults", deployment)), 120, every_s=1.0)
     total = sum(result.values())
     failed = total - result.get("200", 0)
     print(f"\nkill {deployment}: {failed}/{total} failed ({failed / max(total, 1):.2%}) {result}")
     assert total >= 100, f"too little load to measure 1%: {result}"
     assert failed <= 0.01 * total, f"killing {deployment} failed {failed}/{total} requests: {result}"
-
-
-def test_killed_replicas_come_back(fault_apps: dict) -> None:
-    dashboard, killed = fault_apps["dashboard"], fault_apps["killed"]
-    assert killed, "the kill tests ran first"
-
-    def all_back() -> bool:
-        for deployment, victim in killed.items():
-            now = running_replicas(dashboard, "faults", deployment)
-            if len(now) != FAULT_REPLICAS or victim in now:
-                return False
-        return True
-
-    wait_for(f"new replicas of {sorted(killed)}", all_back, 120, every_s=1.0)
 
 
 # ------------------------------------------------------------------------------------------ (c) request timeout
@@ -246,13 +241,11 @@ def start_slow_request(base: str) -> dict:
     out: dict = {}
 
     def run() -> None:
-        t0 = time.monotonic()
         try:
             r = httpx.post(f"{base}/faulty/generate_signal", json={"symbol": "BTC", "price": 50000.0}, timeout=90)
             out.update(status=r.status_code, text=r.text[:300])
         except httpx.HTTPError as e:
             out.update(status=None, text=repr(e))
-        out["elapsed"] = time.monotonic() - t0
 
     out["thread"] = threading.Thread(target=run, daemon=True)
     out["thread"].start()
@@ -260,8 +253,9 @@ def start_slow_request(base: str) -> dict:
 
 
 def test_request_past_the_proxy_request_timeout_ends_408_or_504_not_a_hang(fault_apps: dict) -> None:
+    """The risk stage sleeps 45 s with stage_timeout_s 120 s: only the proxy's request_timeout_s (30 s) can
+    end the request before the client's 90 s, so a 408/504 answer is that timeout."""
     slow = fault_apps["slow"]
-    slow["thread"].join(timeout=60)
+    slow["thread"].join(timeout=90)
     assert not slow["thread"].is_alive(), "the request hung past the proxy's request_timeout_s"
     assert slow["status"] in (408, 504), slow
-    assert 25 < slow["elapsed"] < 40, slow

@@ -43,7 +43,10 @@ def test_requests_arriving_during_a_batch_form_the_next_batch():
         first = asyncio.create_task(b.submit(0))
         await asyncio.sleep(0)
         rest = [asyncio.create_task(b.submit(i)) for i in range(1, 7)]
-        await asyncio.sleep(0.01)
+        for _ in range(1000):                  # until the six have queued behind the running batch
+            if b.queued == 6:
+                break
+            await asyncio.sleep(0)
         assert b.in_flight == 1 and b.queued == 6
         gate.set()
         return await asyncio.gather(first, *rest)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from serve_app.training import registry
 from serve_app.cli import main as cli_main
-from serve_app.training.train import time_split, train
+from serve_app.training.train import fit_temperature, time_split, train
 from serve_app.core.features import FEATURE_NAMES, WARMUP, compute_features
 from serve_app.core.labels import CLASSES
 from serve_app.core.model import ModelLoadError, SignalModel, calibrate
@@ -314,3 +315,36 @@ def test_registry_files_are_world_readable(trained, model_root):
     # temp files/dirs are created private (0600/0700); the registry must publish them readable
     assert (trained.stat().st_mode & 0o755) == 0o755
     assert ((model_root / "CURRENT").stat().st_mode & 0o644) == 0o644
+
+
+# --- calibration against hand-computed values -------------------------------------------------------
+def test_calibrate_matches_hand_computed_values():
+    """softmax(log p / T) = p^(1/T) renormalised: T=2 takes square roots, T=0.5 squares."""
+    p = np.array([[0.5, 0.3, 0.2]])
+    # T=2: sqrt(.5)=.707107, sqrt(.3)=.547723, sqrt(.2)=.447214; sum 1.702044
+    np.testing.assert_allclose(calibrate(p, 2.0), [[0.415446, 0.321803, 0.262751]], atol=2e-6)
+    # T=0.5: .25, .09, .04; sum .38
+    np.testing.assert_allclose(calibrate(p, 0.5), [[0.25 / 0.38, 0.09 / 0.38, 0.04 / 0.38]], rtol=1e-12)
+    np.testing.assert_allclose(calibrate(p, 1.0), p, rtol=1e-12)
+
+
+@pytest.mark.parametrize("hits, expected_t", [
+    (6, math.log(3) / math.log(6)),    # class 0 right 6 times in 8: 3^(1/T) = 2*0.75/0.25 = 6
+    (9, 0.5),                          # 9 in 11: 3^(1/T) = 2*(9/11)/(2/11) = 9, so T = 1/2
+    (18, math.log(3) / math.log(18)),  # 18 in 20: 3^(1/T) = 2*0.9/0.1 = 18
+    (3, 1.0),                          # 3 in 5: the model is already calibrated
+])
+def test_fit_temperature_finds_the_hand_computed_optimum(hits, expected_t):
+    """Every row predicts [0.6, 0.2, 0.2]; class 0 is right `hits` times, and one row each is class 1 and
+    class 2. Calibrated, class 0 gets 3^a / (3^a + 2) with a = 1/T, and log-loss is lowest when that equals
+    the hit frequency f: 3^a = 2f / (1 - f)."""
+    y = np.array([0] * hits + [1, 2])
+    p = np.tile([0.6, 0.2, 0.2], (y.size, 1))
+    t = fit_temperature(y, p)
+    assert t == pytest.approx(expected_t, rel=1e-3)
+    f = hits / y.size
+    assert calibrate(p[:1], t)[0, 0] == pytest.approx(f, rel=1e-3)
+
+
+def test_fit_temperature_with_nothing_to_fit_is_one():
+    assert fit_temperature(np.array([], dtype=np.int64), np.empty((0, 3))) == 1.0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The original manifests' example password, built from pieces so that this file does not contain it.
@@ -35,7 +37,7 @@ def tracked_files() -> list[str]:
     try:
         out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30)
     except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"not a git checkout: {e}")
+        skip_or_fail(f"not a git checkout: {e}")
     return [p for p in out.stdout.decode().split("\0") if p]
 
 
