@@ -4,7 +4,7 @@ Scenarios, each at concurrency 1, 10 and 32 (the README's requests, symbols mixe
   inprocess      the stage code called directly (LocalPipeline), c requests as one batch: compute cost
   plain_uvicorn  the same stage code in one uvicorn process, no Ray
   noop_http      a no-op Serve FastAPI ingress behind the same proxy and HTTP options: Serve's floor
-  chain_http     that ingress plus 4 sequential calls to a no-op deployment: the graph's critical path
+  chain_http     that ingress plus 5 sequential calls to a no-op deployment: the graph's critical path
                  in Ray hops alone, with no stage work
   graph_http     the real seven-deployment application (configs/serve_config.yaml) over HTTP
 The HTTP load generator is `hey` (Debian package), one process per symbol so symbols interleave. Also
@@ -49,7 +49,9 @@ CONFIG = ROOT / "configs" / "serve_config.yaml"
 BODIES = [{"symbol": "SOL", "price": 100.0}, {"symbol": "BTC", "price": 50000.0},
           {"symbol": "ETH", "price": 3000.0}]
 SCENARIOS = ("inprocess", "plain_uvicorn", "noop_http", "chain_http", "graph_http")
-CHAIN_HOPS = 4  # the graph's critical path: features -> ML -> portfolio -> risk (market runs beside features)
+# the graph's critical path: features -> ML -> portfolio -> risk (market runs beside features), then analytics
+# records the signals before they are answered
+CHAIN_HOPS = 5
 # What `make run` (scripts/run_local.sh) and the RayService set: measured levers, see the README.
 RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
 TARGETS = {

@@ -27,7 +27,7 @@ def build_app(args: AppArgs | dict | None = None):
     risk = RiskManager.bind(trade=a.trade.model_dump(), config=a.risk.model_dump())
     analytics = Analytics.bind(timeframe=a.timeframe, flush_interval_s=a.analytics.flush_interval_s,
                                outcome_horizon_candles=a.analytics.outcome_horizon_candles,
-                               spill_dir=a.analytics.spill_dir)
+                               spill_dir=a.analytics.spill_dir, store_retry_s=a.analytics.store_retry_s)
     return Orchestrator.bind(features, market, ml, portfolio, risk, analytics, timeframe=a.timeframe,
                              max_batch_size=a.pipeline_max_batch_size,
                              max_in_flight=a.pipeline_max_in_flight,

@@ -14,9 +14,12 @@ from serve_app.settings import DEFAULT_TIMEFRAME
 
 class AnalyticsArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    flush_interval_s: float = Field(0.5, gt=0)
+    flush_interval_s: float = Field(0.5, gt=0, description="how often journaled signals are replayed into the store")
     outcome_horizon_candles: int = Field(4, ge=1)
-    spill_dir: str | None = Field(None, description="journal for signals the store cannot take at shutdown")
+    spill_dir: str | None = Field(None, description="the journal of signals the store could not take "
+                                                    "(default SIGNAL_SPILL_DIR)")
+    store_retry_s: float = Field(2.0, gt=0, description="after a store failure, record() journals straight "
+                                                        "away for this long instead of trying the store")
 
 
 class AppArgs(BaseModel):

@@ -82,6 +82,7 @@ def model_dir(env: dict[str, str] | None = None) -> Path:
 
 
 def spill_dir(env: dict[str, str] | None = None) -> Path:
-    """Where Analytics journals signals the store could not take at shutdown (replayed on start)."""
+    """Where Analytics journals the signals the store could not take (fsync'ed before they are answered,
+    replayed into the store once it is reachable)."""
     env = os.environ if env is None else env
     return Path(env.get("SIGNAL_SPILL_DIR", str(DEFAULT_SPILL_DIR)))

@@ -13,9 +13,9 @@ from serve_app.settings import StoreSettings
 # --- a clean environment for the whole session ---
 # The service reads these; a developer's shell may export them (an API key, a MySQL host, a running
 # cluster's address). Ray clusters the tests start inherit this process's environment, so they go first.
-SCRUBBED = ("SIGNAL_API_KEY", "SIGNAL_DB_PATH", "SIGNAL_SPILL_DIR", "SIGNAL_MAX_BODY_BYTES", "SIGNALGEN_HOME",
-            "MODEL_DIR", "RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS", "LOG_LEVEL")
-for _name in [k for k in os.environ if k in SCRUBBED or (k.startswith("MYSQL_") and not k.startswith("MYSQL_TEST_"))]:
+SCRUBBED = ("MODEL_DIR", "RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS", "LOG_LEVEL")
+for _name in [k for k in os.environ if k in SCRUBBED or k.startswith(("SIGNAL_", "SIGNALGEN_"))
+              or (k.startswith("MYSQL_") and not k.startswith("MYSQL_TEST_"))]:
     del os.environ[_name]
 
 def skip_or_fail(message: str) -> None:

@@ -350,7 +350,8 @@ def install_guards(app: FastAPI, *, api_key: str | None = None, max_body_bytes: 
                    body_timeout_s: float | None = None) -> FastAPI:
     """Install the guards on `app` (call once, before it serves). Explicit arguments override the
     environment (tests); by default the replica's environment is read when it serves its first request.
-    A malformed SIGNAL_MAX_BODY_BYTES fails here, at import, with a message naming it."""
+    A malformed SIGNAL_MAX_BODY_BYTES or SIGNAL_BODY_TIMEOUT_S fails here, at import, with a message naming
+    it."""
     guard_settings()
     app.add_middleware(HTTPGuard, fastapi_app=app, api_key=api_key, max_body_bytes=max_body_bytes,
                        body_timeout_s=body_timeout_s)

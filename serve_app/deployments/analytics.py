@@ -36,7 +36,7 @@ class Analytics(StageBase):
     stage = "analytics"
 
     def __init__(self, *, timeframe: str, flush_interval_s: float, outcome_horizon_candles: int,
-                 spill_dir: str | None, store_retry_s: float = 2.0):
+                 spill_dir: str | None, store_retry_s: float):
         self._init_stage()
         self.timeframe = timeframe
         self.horizon_candles = outcome_horizon_candles
@@ -51,6 +51,7 @@ class Analytics(StageBase):
         self.store_retry_s = store_retry_s
         self.stored = 0
         self._store_lock = threading.Lock()
+        self.metrics.set("signalgen_write_buffer_size", 0)  # exported from the start (dashboards, alerts)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(flush_interval_s,), daemon=True)
         self._thread.start()
@@ -66,15 +67,15 @@ class Analytics(StageBase):
         t0 = time.perf_counter()
         try:
             with self._store_lock:
-                self._get_store().insert_signals(rows)
+                new = self._get_store().insert_signals(rows)
         except StoreError as e:
             self.store_error, self.store_failed_at = f"{type(e).__name__}: {e}", time.monotonic()
             self.record_query("insert_signals", time.perf_counter() - t0, failed=True)
             raise
         self.record_query("insert_signals", time.perf_counter() - t0)
         self.store_error = None
-        self.stored += len(rows)
-        self.metrics.inc("signalgen_signals_persisted_total", len(rows))
+        self.stored += new  # rows not stored before: a batch sent again after a retry counts once
+        self.metrics.inc("signalgen_signals_persisted_total", new)
         return len(rows)
 
     def _loop(self, interval: float) -> None:

@@ -38,8 +38,9 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None
     "signalgen_predictions_total": ("counter", "Rows predicted by the ML engine", ("model_version",), None),
     "signalgen_db_query_seconds": ("histogram", "Database query latency", ("op",), LATENCY_BUCKETS),
     "signalgen_db_errors_total": ("counter", "Database errors", ("op",), None),
-    "signalgen_write_buffer_size": ("gauge", "Signals accepted but not yet written to the store", (), None),
-    "signalgen_signals_persisted_total": ("counter", "Signals written to the store", (), None),
+    "signalgen_write_buffer_size": ("gauge", "Signals journaled (the store could not take them) and not yet "
+                                               "stored, per Analytics replica", (), None),
+    "signalgen_signals_persisted_total": ("counter", "Signals inserted into the store (each once)", (), None),
     "signalgen_data_age_seconds": ("gauge", "Age of the newest cached candle per symbol", ("symbol",), None),
 }
 

@@ -109,7 +109,10 @@ class Orchestrator(StageBase):
     @api.post("/generate_signal", response_model=SignalResponse,
               responses={404: {"model": ErrorBody, "description": "Unknown symbol (no candles)"},
                          422: {"description": "Invalid body; the message names the field"},
-                         503: {"model": ErrorBody, "description": "Market data store unreachable"},
+                         500: {"model": ErrorBody, "description": "A stage failed; names it"},
+                         503: {"model": ErrorBody, "description": "Market data store unreachable, or a stage "
+                                                                  "unavailable; a signal that could not be "
+                                                                  "recorded is withheld (503/504/500)"},
                          504: {"model": ErrorBody, "description": "A stage did not answer in time"}})
     async def generate_signal(self, req: SignalRequest) -> Response:
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ database of its own seeded with BTC/ETH/SOL. The proxy is down when the app star
 2. the database comes up: the same replicas (no restart) start serving signals and report healthy;
 3. connections are cut, then the database drops mid-run: signals keep being served from the candle
    cache and say so (`data.store_reachable: false`, `data.served_from_cache: true`, `cache_age_s`), the
-   analytics buffer holds them and /health says why; when the database is back every signal accepted
+   analytics journal holds them and /health says why; when the database is back every signal accepted
    (each 200's signal_id) is in the `signals` table exactly once, and the app reports healthy again.
 """
 from __future__ import annotations

@@ -162,21 +162,28 @@ def scrape(ports: list[int]) -> set[str]:
     return names
 
 
-def test_metrics_ports_export_app_and_serve_metrics(deployed):
+WANTED = {"ray_signalgen_signals_total", "ray_signalgen_ml_batch_size_bucket", "ray_serve_num_http_requests_total",
+          "ray_serve_deployment_request_counter_total"}
+
+
+@pytest.fixture(scope="module")
+def scraped(deployed) -> set[str]:
+    """Every metric name on the cluster's metrics ports once signals have flowed (Ray reports metrics every
+    few seconds): what both tests below read, whichever runs first."""
     for _ in range(5):
         httpx.post(f"{deployed['url']}/generate_signal", json={"symbol": "ETH", "price": 3000.0}, timeout=60)
-    wanted = {"ray_signalgen_signals_total", "ray_signalgen_ml_batch_size_bucket",
-              "ray_serve_num_http_requests_total", "ray_serve_deployment_request_counter_total"}
-    names = wait_for("every wanted name exported (Ray reports metrics every few seconds)",
-                     lambda: (lambda n: n if wanted <= n else None)(scrape(deployed["metrics_ports"])), 90, 3)
-    deployed["scrape"] = names
+    return wait_for("every wanted name exported",
+                    lambda: (lambda n: n if WANTED <= n else None)(scrape(deployed["metrics_ports"])), 90, 3)
 
 
-def test_dashboard_and_alert_queries_use_exported_names(deployed):
+def test_metrics_ports_export_app_and_serve_metrics(scraped):
+    assert WANTED <= scraped, sorted(WANTED - scraped)
+
+
+def test_dashboard_and_alert_queries_use_exported_names(scraped):
     from kuberay.metric_names import dashboard_and_alert_metric_names
 
-    names = deployed.get("scrape") or scrape(deployed["metrics_ports"])
     referenced = dashboard_and_alert_metric_names()
     assert referenced
-    missing = sorted(n for n in referenced if n not in names)
+    missing = sorted(n for n in referenced if n not in scraped)
     assert not missing, f"queries reference metrics the app does not export: {missing}"
