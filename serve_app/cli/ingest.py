@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "([[ms,o,h,l,c,v],...])")
     c.add_argument("file", type=Path, metavar="FILE", help="a .csv or .json file")
     c.add_argument("--symbol", required=True, type=_symbol, help="base symbol the candles are stored under")
-    c.add_argument("--timeframe", default=DEFAULT_TIMEFRAME, help="candle length (default: %(default)s)")
+    c.add_argument("--timeframe", help="candle length; by default the file's own spacing. Given, it must agree "
+                                       "with the file, or nothing is stored")
     c.add_argument("--format", choices=FORMATS, help="file format (default: from the extension)")
     _add_import_options(c)
     c.set_defaults(func=_cmd_import_candles)
@@ -167,19 +168,21 @@ def _print_ingest(result: IngestResult, show: int) -> None:
     line = (f"{result.symbol} ({result.market}) from {iso_utc(result.since_ms)}: fetched {result.fetched}, "
             f"stored new {result.new}, bad rows skipped {len(checked.bad)}")
     if checked.gaps:
-        line += f", gaps {len(checked.gaps)} ({checked.missing_candles} candles missing)"
+        line += f", gaps {len(checked.gaps)} ({_candles(checked.missing_candles)} missing)"
     print(line)
     _print_problems(checked, show)
 
 
 def _cmd_import_candles(args: argparse.Namespace) -> int:
     def run(store: Store) -> ImportResult:
-        if args.symbol in store.list_symbols(args.timeframe) and holds_sample_data(store, args.timeframe):
+        result = import_candles(store, args.file, args.symbol, args.timeframe, args.format, args.strict)
+        tf = result.checked.timeframe
+        if holds_sample_data(store, tf) and args.symbol in store.list_symbols(tf):
             print(f"warning: {store.describe()} holds the SYNTHETIC sample for {args.symbol}; the imported "
                   "candles are mixed into it (use an empty store to keep real data apart)", file=sys.stderr)
-        return import_candles(store, args.file, args.symbol, args.timeframe, args.format, args.strict)
+        return result
 
-    return _run_import(args, f"{args.symbol} {args.timeframe} candles", run)
+    return _run_import(args, f"{args.symbol} candles", run)
 
 
 def _cmd_import_news(args: argparse.Namespace) -> int:
@@ -195,24 +198,32 @@ def _run_import(args: argparse.Namespace, what: str, run: Callable[[Store], Impo
         return _fail("import", str(exc))
     checked = result.checked
     print(f"{args.file} -> {what} in {where}")
+    if checked.timeframe:
+        print(f"timeframe: {checked.timeframe_note}")
     print(f"rows read {checked.read}: stored {result.written} (new {result.new}), skipped {len(checked.bad)}")
     skipped = checked.skipped_by_reason()
     if skipped:
         print("skipped by reason: " + ", ".join(f"{r} {n}" for r, n in sorted(skipped.items())))
-    if checked.gaps:
-        print(f"gaps: {len(checked.gaps)} ({checked.missing_candles} candles missing; the rows after them "
-              "are stored)")
+    duplicates = skipped.get("duplicate", 0)
+    print(f"duplicates: {duplicates}" + (" (the first of each kept)" if duplicates else ""))
+    if checked.timeframe:
+        print(f"gaps: {len(checked.gaps)}" + (f" ({_candles(checked.missing_candles)} missing; the rows after them "
+                                               "are stored)" if checked.gaps else ""))
     if args.strict and checked.bad:
         print(f"--strict: {len(checked.bad)} bad rows, nothing stored", file=sys.stderr)
     _print_problems(checked, args.show)
     return result.exit_code
 
 
+def _candles(n: int) -> str:
+    return f"{n} candle" + ("s" if n != 1 else "")
+
+
 def _print_problems(checked: Validated, show: int) -> None:
     """Each bad row and gap on stderr (at most `show` of each, 0 = all)."""
     for kind, items, fmt in (
             ("bad rows", checked.bad, lambda b: f"{checked.location} {b.where}: {REASONS[b.reason]}: {b.detail}"),
-            ("gaps", checked.gaps, lambda g: f"{checked.location} {g.where}: gap, {g.missing} candles missing "
+            ("gaps", checked.gaps, lambda g: f"{checked.location} {g.where}: gap, {_candles(g.missing)} missing "
                                              f"before {iso_utc(g.open_time)}")):
         listed = items if show == 0 else items[:show]
         for item in listed:

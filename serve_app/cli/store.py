@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from serve_app.settings import DEFAULT_TIMEFRAME, StoreSettings
 from serve_app.store import Store, StoreError, open_store
-from serve_app.core.timeutil import HOUR_MS, iso_utc
+from serve_app.core.timeutil import HOUR_MS, iso_utc, timeframe_ms
 from serve_app.data.sample import (
     SAMPLE_SOURCE, SAMPLE_SYMBOLS, holds_sample_data, sample_is_stale, seed_store,
 )
@@ -80,22 +81,34 @@ def cmd_migrate(store: Store, where: str, args: argparse.Namespace) -> int:
 
 
 def cmd_info(store: Store, where: str, args: argparse.Namespace) -> int:
-    tf = args.timeframe
-    symbols = store.list_symbols(tf)
+    series = store.candle_series()
+    now = int(time.time() * 1000)
     print(f"store: {where} (backend {store.backend})")
-    print(f"{tf} candles: {len(symbols)} symbols")
-    for symbol in symbols:
-        c = store.load_candles(symbol, tf)
-        print(f"  {symbol:<6} {len(c):>7} candles  {iso_utc(int(c.open_time[0]))} .. "
-              f"{iso_utc(int(c.open_time[-1]))}  last close {c.close[-1]:g}")
+    print(f"candles: {len(series)} series (symbol x timeframe)")
+    if series:
+        print(f"  {'SYMBOL':<8} {'TF':<4} {'CANDLES':>8}  {'FIRST OPEN (UTC)':<25} {'LAST OPEN (UTC)':<25} AGE")
+    for s in series:
+        step = timeframe_ms(s.timeframe)
+        age = (now - s.last_open_ms - step) / 1000  # since the last candle closed
+        fresh = "fresh" if age <= 2 * step / 1000 else f"{_duration(age)} old"
+        print(f"  {s.symbol:<8} {s.timeframe:<4} {s.candles:>8}  {iso_utc(s.first_open_ms):<25} "
+              f"{iso_utc(s.last_open_ms):<25} {fresh}")
     news = store.load_news(0)
     synthetic = sum(1 for item in news if item.source == SAMPLE_SOURCE)
     print(f"news: {len(news)} items ({synthetic} synthetic sample)")
     print(f"signals: {store.count_signals()}")
-    if symbols:
-        kind = "synthetic sample" if holds_sample_data(store, tf) else "not (only) the synthetic sample"
-        print(f"data: {kind}; {'stale' if sample_is_stale(store, tf) else 'fresh'}")
+    tf = args.timeframe
+    if any(s.timeframe == tf for s in series) and holds_sample_data(store, tf):
+        stale = "; stale: re-anchor with `signalgen store seed`" if sample_is_stale(store, tf) else ""
+        print(f"{tf} candles: the SYNTHETIC sample{stale}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 COMMANDS = {"seed": cmd_seed, "migrate": cmd_migrate, "info": cmd_info}

@@ -7,8 +7,12 @@ skipped, never stored:
   JSON  `where` is the 0-based index in the top-level array
   exchange pages: `where` is the 0-based index in the fetched series
 
-Timestamps may be epoch seconds or milliseconds (told apart per value by magnitude: below 1e11 is
-seconds, i.e. any date before year 5138; below 1e14 milliseconds) or ISO-8601 text (naive = UTC).
+Timestamps may be epoch seconds, milliseconds, microseconds or nanoseconds (told apart per value by
+magnitude: below 1e11 is seconds - any date before the year 5138 -, below 1e14 milliseconds, below 1e17
+microseconds, below 1e20 nanoseconds) or ISO-8601 text (naive = UTC).
+
+A candle file says its own timeframe: `infer_timeframe` takes the most common spacing between its candles.
+Without --timeframe that is used; with a --timeframe that disagrees, nothing is stored.
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from serve_app.settings import DEFAULT_TIMEFRAME
 from serve_app.store import NewsItem, Store
 from serve_app.core.timeutil import parse_iso
 from serve_app.core.timeutil import iso_utc, timeframe_ms
@@ -45,6 +48,12 @@ REASONS: dict[str, str] = {
 
 _SECONDS_BELOW = 1e11
 _MILLIS_BELOW = 1e14
+_MICROS_BELOW = 1e17
+_NANOS_BELOW = 1e20
+# the candle file's time column: the first of these its header has (any case)
+TIME_COLUMNS: tuple[str, ...] = ("timestamp", "datetime", "date", "open_time", "opentime", "time", "open time")
+# the timeframes a file's candle spacing is recognised as (the service's grid: multiples from the epoch)
+TIMEFRAMES: tuple[str, ...] = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 # the store's column sizes (serve_app/store/schema.py): MySQL in strict mode rejects longer text
 _MAX_SYMBOL, _MAX_SOURCE, _MAX_HEADLINE_BYTES = 32, 64, 65535
 
@@ -84,6 +93,8 @@ class Validated:
     """What a validator made of its input: the valid rows (ascending), the bad ones, the gaps."""
 
     location: str  # "line", "index": what `where` counts
+    timeframe: str | None = None      # candles: the timeframe the rows were checked against
+    timeframe_note: str = ""          # candles: where it came from
     read: int = 0
     rows: list[Any] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
@@ -122,20 +133,23 @@ def number(value: Any, name: str) -> float:
 
 
 def parse_timestamp(value: Any, name: str = "timestamp") -> int:
-    """Epoch seconds, epoch milliseconds (by magnitude) or ISO-8601 text -> UTC epoch ms."""
+    """Epoch seconds, ms, µs or ns (by magnitude) or ISO-8601 text -> UTC epoch ms."""
     value = _present(value, name)
     try:
         numeric = float(value)
     except (TypeError, ValueError):
         numeric = None
     if numeric is not None and not isinstance(value, bool):
-        if not math.isfinite(numeric) or numeric < 0 or numeric >= _MILLIS_BELOW:
-            raise RowError("bad_timestamp", f"{name} {value!r} is not epoch seconds or milliseconds")
-        return round(numeric * 1000) if numeric < _SECONDS_BELOW else round(numeric)
+        if not math.isfinite(numeric) or numeric < 0 or numeric >= _NANOS_BELOW:
+            raise RowError("bad_timestamp", f"{name} {value!r} is not epoch seconds, ms, µs or ns")
+        for below, to_ms in ((_SECONDS_BELOW, 1000.0), (_MILLIS_BELOW, 1.0), (_MICROS_BELOW, 1e-3),
+                             (_NANOS_BELOW, 1e-6)):
+            if numeric < below:
+                return round(numeric * to_ms)
     try:
         parsed = parse_iso(str(value))
     except ValueError:
-        raise RowError("bad_timestamp", f"{name} {value!r} is neither epoch s/ms nor ISO-8601") from None
+        raise RowError("bad_timestamp", f"{name} {value!r} is neither an epoch time nor ISO-8601") from None
     return round(parsed.timestamp() * 1000)
 
 
@@ -257,9 +271,10 @@ def file_format(path: Path, fmt: str | None = None) -> str:
     return suffix
 
 
-def csv_records(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str | None]]]:
-    """(line number, {column: cell}) for each non-blank data row. Header names are matched without
-    case or surrounding spaces; other columns are ignored; a short row has None for its missing cells."""
+def csv_records(path: Path, columns: Sequence[str | tuple[str, ...]]) -> Iterator[tuple[int, list[str | None]]]:
+    """(line number, cells in `columns` order) for each non-blank data row. A column is a name or a tuple of
+    names it may have (the first one the header has is used). Header names are matched without case or
+    surrounding spaces; other columns are ignored; a short row has None for its missing cells."""
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
@@ -268,15 +283,21 @@ def csv_records(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[
         reader = csv.reader(handle)
         try:
             header = [h.strip().lower() for h in next(reader, [])]
-            missing = [c for c in columns if c not in header]
+            index, missing = [], []
+            for column in columns:
+                names = (column,) if isinstance(column, str) else column
+                found = next((header.index(n) for n in names if n in header), None)
+                if found is None:
+                    missing.append(names[0] if len(names) == 1 else f"one of {', '.join(names)}")
+                index.append(found)
             if missing:
-                raise InputFileError(f"{path}: header lacks column(s) {', '.join(missing)} "
-                                     f"(expected {', '.join(columns)}; found {', '.join(header) or 'nothing'})")
-            index = {c: header.index(c) for c in columns}
+                accepted = ", ".join(c if isinstance(c, str) else "|".join(c) for c in columns)
+                raise InputFileError(f"{path}: header lacks {'; '.join(missing)} (accepted: {accepted}; "
+                                     f"found {', '.join(header) or 'nothing'})")
             for cells in reader:
                 if not any(cell.strip() for cell in cells):
                     continue
-                yield reader.line_num, {c: cells[i] if i < len(cells) else None for c, i in index.items()}
+                yield reader.line_num, [cells[i] if i < len(cells) else None for i in index]
         except (csv.Error, UnicodeDecodeError) as exc:
             raise InputFileError(f"{path}: not a readable UTF-8 CSV file (line {reader.line_num}): {exc}") from None
 
@@ -295,18 +316,69 @@ def json_records(path: Path) -> Iterator[tuple[int, Sequence[Any]]]:
         yield index, row
 
 
-def read_candles(path: str | Path, timeframe: str, fmt: str | None = None) -> Validated:
-    """Read and validate a candle file (CSV with a header, or a JSON array of arrays)."""
+class TimeframeMismatch(InputFileError):
+    """The file's candle spacing is not the timeframe asked for."""
+
+
+def infer_timeframe(times_ms: Sequence[int]) -> tuple[str | None, str]:
+    """(timeframe, how) from candle open times: the most common spacing between consecutive distinct
+    times, when it is one of TIMEFRAMES; (None, why) otherwise."""
+    distinct = sorted(set(times_ms))
+    if len(distinct) < 2:
+        return None, f"{len(distinct)} distinct timestamp(s): too few to tell the spacing"
+    spacing, n = Counter(b - a for a, b in zip(distinct, distinct[1:])).most_common(1)[0]
+    share = n / (len(distinct) - 1)
+    named = next((tf for tf in TIMEFRAMES if timeframe_ms(tf) == spacing), None)
+    how = f"{n} of {len(distinct) - 1} intervals ({share:.0%}) are {_spacing_text(spacing)}"
+    return named, how if named else f"the candles are {_spacing_text(spacing)} apart ({how}), not one of " \
+                                   f"{', '.join(TIMEFRAMES)}"
+
+
+def _spacing_text(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size} {unit}"
+    return f"{ms} ms"
+
+
+def read_candles(path: str | Path, timeframe: str | None = None, fmt: str | None = None) -> Validated:
+    """Read and validate a candle file (CSV with a header, or a JSON array of arrays). The timeframe is the
+    file's own spacing (`infer_timeframe`); a `timeframe` that disagrees raises TimeframeMismatch (nothing
+    is read into the store), as does a file whose spacing is not a known timeframe when none is given.
+    `Validated.timeframe` says which was used and why."""
     path = Path(path)
+    if timeframe is not None:
+        timeframe_ms(timeframe)  # an unknown timeframe is refused before the file is read (ValueError)
     if file_format(path, fmt) == "json":
-        return validate_candles(json_records(path), timeframe, "index")
-    records = ((line, [cells[c] for c in CANDLE_COLUMNS]) for line, cells in csv_records(path, CANDLE_COLUMNS))
-    return validate_candles(records, timeframe, "line")
+        records, location = list(json_records(path)), "index"
+    else:
+        columns = (TIME_COLUMNS, *CANDLE_COLUMNS[1:])
+        records, location = list(csv_records(path, columns)), "line"
+    times = []
+    for _, fields in records:
+        try:
+            times.append(parse_timestamp(fields[0] if isinstance(fields, (list, tuple)) and fields else None))
+        except RowError:
+            continue
+    if not records:
+        return Validated(location, timeframe=timeframe, timeframe_note="the file has no rows")
+    inferred, how = infer_timeframe(times)
+    if timeframe is None and inferred is None:
+        raise TimeframeMismatch(f"{path}: cannot tell the timeframe - {how}; give --timeframe")
+    if timeframe is not None and inferred is not None and timeframe != inferred:
+        raise TimeframeMismatch(f"{path}: the file holds {inferred} candles ({how}), --timeframe says "
+                                f"{timeframe}: nothing stored")
+    checked = validate_candles(records, timeframe or inferred, location)
+    checked.timeframe = timeframe or inferred
+    checked.timeframe_note = (f"--timeframe {timeframe}" + (f"; the file agrees: {how}" if inferred else "")
+                              if timeframe else f"{inferred}, from the file: {how}")
+    return checked
 
 
 def read_news(path: str | Path) -> Validated:
     """Read and validate a news-sentiment CSV (published_at, symbol, source, score, headline)."""
-    return validate_news(csv_records(Path(path), NEWS_FILE_COLUMNS), "line")
+    records = ((line, dict(zip(NEWS_FILE_COLUMNS, cells))) for line, cells in csv_records(Path(path), NEWS_FILE_COLUMNS))
+    return validate_news(records, "line")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,12 +414,14 @@ class ImportResult:
         return 1 if self.checked.bad and not self.written else 0
 
 
-def import_candles(store: Store, path: str | Path, symbol: str, timeframe: str = DEFAULT_TIMEFRAME,
+def import_candles(store: Store, path: str | Path, symbol: str, timeframe: str | None = None,
                    fmt: str | None = None, strict: bool = False) -> ImportResult:
+    """Store the file's valid candles under `symbol` in their timeframe (the file's own, or `timeframe` when
+    the file agrees: read_candles)."""
     checked = read_candles(path, timeframe, fmt)
-    if strict and checked.bad:
+    if (strict and checked.bad) or not checked.rows:
         return ImportResult(checked, 0, 0)
-    return ImportResult(checked, len(checked.rows), upsert_new(store, symbol, timeframe, checked.rows))
+    return ImportResult(checked, len(checked.rows), upsert_new(store, symbol, checked.timeframe, checked.rows))
 
 
 def import_news(store: Store, path: str | Path, strict: bool = False) -> ImportResult:

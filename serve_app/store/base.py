@@ -82,6 +82,15 @@ OUTCOME_COLUMNS: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class CandleSeries:
+    symbol: str
+    timeframe: str
+    candles: int
+    first_open_ms: int
+    last_open_ms: int
+
+
 class Store(ABC):
     """One interface for both backends. Implementations must be safe to call from one thread at a time
     (deployments serialise access with a lock)."""
@@ -118,6 +127,16 @@ class Store(ABC):
     @abstractmethod
     def list_symbols(self, timeframe: str) -> list[str]:
         """Symbols that have candles in this timeframe, sorted."""
+
+    @abstractmethod
+    def candle_series(self) -> list[CandleSeries]:
+        """Every (symbol, timeframe) the store holds candles for: how many and their first and last open."""
+
+    def list_timeframes(self) -> list[str]:
+        """The timeframes the store holds candles in, shortest first."""
+        from serve_app.core.timeutil import timeframe_ms
+
+        return sorted({s.timeframe for s in self.candle_series()}, key=timeframe_ms)
 
     def delete_candles(self, symbol: str, timeframe: str, before_ms: int | None = None,
                        after_ms: int | None = None) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 
 from serve_app.core.timeutil import now_ms
 from serve_app.store.base import (
+    CandleSeries,
     OUTCOME_COLUMNS, SIGNAL_COLUMNS, Candles, NewsItem, Store, StoreError, StoreUnavailable,
 )
 from serve_app.store.schema import (
@@ -207,6 +208,11 @@ class SQLStore(Store):
     def list_symbols(self, timeframe: str) -> list[str]:
         rows = self._q("SELECT DISTINCT symbol FROM candles WHERE timeframe = ? ORDER BY symbol", [timeframe])
         return [r[0] for r in rows]
+
+    def candle_series(self) -> list[CandleSeries]:
+        rows = self._q("SELECT symbol, timeframe, COUNT(*), MIN(open_time), MAX(open_time) FROM candles "
+                       "GROUP BY symbol, timeframe ORDER BY symbol, timeframe")
+        return [CandleSeries(str(sym), str(tf), int(n), int(first), int(last)) for sym, tf, n, first, last in rows]
 
     def delete_candles(self, symbol: str, timeframe: str, before_ms: int | None = None,
                        after_ms: int | None = None) -> int:

@@ -19,6 +19,7 @@ from serve_app.cli import ingest
 from serve_app.data import candle_io
 from serve_app.data import exchange as exchange_mod
 from serve_app.data.candle_io import (
+    TimeframeMismatch,
     InputFileError, file_format, parse_timestamp, read_candles, read_news, upsert_new,
 )
 from tests.store_contract import T0, candle_rows
@@ -199,12 +200,16 @@ def test_rows_out_of_order_are_sorted_and_other_columns_ignored(tmp_path: Path) 
 
 
 def test_grid_follows_the_timeframe(tmp_path: Path) -> None:
+    """A 4h file keeps the 4h grid (a candle off it is reported); an hourly file read as 4h stores nothing."""
     four_h = 4 * HOUR_MS
     start = T0 - T0 % four_h
-    rows = [(start + i * HOUR_MS, 10, 11, 9, 10, 1) for i in range(5)]
+    rows = [(start + i * four_h, 10, 11, 9, 10, 1) for i in range(5)] + [(start + 5 * four_h + HOUR_MS, 10, 11, 9, 10, 1)]
     checked = read_candles(write(tmp_path / "4h.csv", [HEADER, *map(csv_line, rows)]), "4h")
-    assert [r[0] for r in checked.rows] == [start, start + four_h]
-    assert [(b.where, b.reason) for b in checked.bad] == [(3, "off_grid"), (4, "off_grid"), (5, "off_grid")]
+    assert [r[0] for r in checked.rows] == [start + i * four_h for i in range(5)]
+    assert [(b.where, b.reason) for b in checked.bad] == [(7, "off_grid")]
+    hourly = [(start + i * HOUR_MS, 10, 11, 9, 10, 1) for i in range(5)]
+    with pytest.raises(TimeframeMismatch, match="holds 1h candles .* --timeframe says 4h: nothing stored"):
+        read_candles(write(tmp_path / "1h.csv", [HEADER, *map(csv_line, hourly)]), "4h")
 
 
 def test_json_array_rows_are_reported_by_index(tmp_path: Path) -> None:
@@ -501,7 +506,8 @@ def test_ingest_command_rejects_unknown_exchange_and_bad_options(env_store: Stor
 def test_show_limits_the_listing_of_bad_rows(env_store: Store, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rows = candle_rows(3)
     path = write(tmp_path / "b.csv", [HEADER, csv_line(rows[0]), *[csv_line((rows[0][0], 1, 2, 1, 1, -1))] * 3])
-    assert run_cli(["import", "candles", str(path), "--symbol", "BTC", "--show", "1"]) == 0
+    # one distinct time: the file cannot say its timeframe, so it is given
+    assert run_cli(["import", "candles", str(path), "--symbol", "BTC", "--timeframe", "1h", "--show", "1"]) == 0
     err = capsys.readouterr().err
     assert "line 3: negative volume" in err and "line 4" not in err and "... and 2 more bad rows" in err
 

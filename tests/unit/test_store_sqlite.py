@@ -213,8 +213,11 @@ def test_cli_seed_if_missing_or_stale_then_info(tmp_path: Path) -> None:
 
     info = run_cli(db, "info")
     assert info.returncode == 0, info.stderr
-    assert "3 symbols" in info.stdout and "signals: 0" in info.stdout
-    assert "BTC" in info.stdout and "last close 50000" in info.stdout
+    assert "candles: 3 series (symbol x timeframe)" in info.stdout and "signals: 0" in info.stdout
+    rows = {line.split()[0]: line.split() for line in info.stdout.splitlines() if line.startswith("  ")}
+    assert set(rows) >= {"BTC", "ETH", "SOL"}
+    assert rows["BTC"][1:3] == ["1h", "48"] and rows["BTC"][-1] == "fresh"   # timeframe, count, freshness
+    assert "1h candles: the SYNTHETIC sample" in info.stdout
 
 
 def test_cli_reanchors_a_stale_sample(tmp_path: Path) -> None:
