@@ -35,7 +35,7 @@ RUN mkdir -p /opt/signalgen/default-models && chown -R ray:users /opt/signalgen
 USER ray
 RUN export MYSQL_HOST= SIGNAL_DB_PATH=/tmp/signalgen-build.sqlite \
  && signalgen store seed \
- && MODEL_DIR=/opt/signalgen/default-models signalgen train --quiet \
+ && MODEL_DIR=/opt/signalgen/default-models signalgen train --if-missing --quiet \
  && test -s /opt/signalgen/default-models/CURRENT \
  && rm -f /tmp/signalgen-build.sqlite*
 

@@ -15,15 +15,17 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: docs-plots hey tools run test setup venv seed-db train model stop clean help bench loadtest kuberay kuberay-check
+.PHONY: docs-plots hey tools run test setup venv seed-db train model stop clean help bench bench-evaluate loadtest kuberay kuberay-check
 
 help:
 	@echo "make run      set up (venv, sample data, default model) and serve on http://127.0.0.1:8000"
 	@echo "make test     set up and run the whole test suite (needs MariaDB on 127.0.0.1:3306)"
 	@echo "make seed-db  (re)load the synthetic sample data into the configured store"
-	@echo "make train    train a new model on the configured store and make it current"
+	@echo "make train    train a new model on the configured store (CURRENT only if the registry has none;"
+	@echo "              otherwise: signalgen evaluate --model-version V, then signalgen models promote V)"
 	@echo "make stop     stop the local Ray cluster started by make run"
 	@echo "make bench    benchmark the graph against its floors (writes bench/results/latest.json)"
+	@echo "make bench-evaluate  time signalgen evaluate on 45,000 one-minute candles, by phase"
 	@echo "make loadtest hey -n 1000 -c 10 plus a 5-minute soak with memory growth (LOADTEST_ARGS=--soak-seconds 60)"
 	@echo "make kuberay  regenerate serveConfigV2 in kuberay/rayservice.yaml from configs/serve_config.yaml"
 
@@ -83,6 +85,11 @@ hey: tools
 
 bench: setup hey
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# How long `signalgen evaluate` takes on a month of one-minute candles (a random walk), by phase; writes
+# bench/results/evaluate.json.
+bench-evaluate: venv
+	$(PY) -m bench.evaluate_speed
 
 # Load test (not part of the tests): a burst test, hey -n 1000 -c 10, with zero errors, then a 5-minute soak at a
 # steady rate with Ray's memory sampled (growth <= 10%); writes bench/results/loadtest.json, exit 1 on a miss.

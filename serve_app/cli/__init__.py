@@ -4,7 +4,7 @@
     signalgen ingest   --exchange binance --symbols BTC,ETH --timeframe 1h --since 2024-01-01
     signalgen import   candles FILE.csv|FILE.json --symbol BTC [--timeframe 1h]
     signalgen import   news FILE.csv
-    signalgen train    [--symbols ...] [--horizon 4] [--no-set-current] [--if-missing]
+    signalgen train    [--symbols ...] [--horizon 4] [--if-missing]   (CURRENT only with --if-missing)
     signalgen evaluate [--symbols ...] [--out reports/eval-...]   walk-forward + backtest + plots
     signalgen models   list | promote VERSION | rollback
     signalgen report   [--plot] [--out DIR]                        live signals' realised performance

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from serve_app.core.timeutil import iso_minute
 from serve_app.training.lifecycle import DEFAULT_ADDRESS, LifecycleError, switch
 
 
@@ -27,8 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
 
-    pr = msub.add_parser("promote", help="make VERSION the served model (registry + running app)")
+    pr = msub.add_parser("promote", help="make VERSION the served model (registry + running app), through the "
+                                         "promotion gate: an evaluation with the verdict EDGE, not worse than the "
+                                         "serving model")
     pr.add_argument("version", metavar="VERSION", help="a version name, or 'latest'")
+    pr.add_argument("--force", action="store_true", help="promote past the gate (needs --reason)")
+    pr.add_argument("--reason", help="why the gate is overridden; recorded in HISTORY.jsonl with who and when")
     _deploy_options(pr)
     pr.set_defaults(func=cmd_promote)
 
@@ -94,18 +99,22 @@ def format_versions(versions: list[dict[str, Any]], root: Path, rollback_to: str
     """The `models list` table: one row per version (* = CURRENT), evaluation summaries under their row."""
     if not versions:
         return f"no model versions under {root} (train one with `signalgen train`)"
-    header = ("  VERSION", "CREATED", "SYMBOLS", "TEST ACC", "LOG-LOSS", "BASELINE ACC", "BASELINE LOG-LOSS")
+    header = ("  VERSION", "CREATED", "TF", "SYMBOLS", "TRAINED ON (UTC)", "TEST ACC", "LOG-LOSS",
+              "BASELINE ACC", "BASELINE LOG-LOSS", "VERDICT")
     rows, notes = [], {}
     for v in versions:
         mark = "* " if v.get("current") else "  "
         if "error" in v:
-            rows.append((mark + v["version"], "-", "-", "-", "-", "-", "-"))
+            rows.append((mark + v["version"], *["-"] * (len(header) - 1)))
             notes[len(rows) - 1] = [f"unreadable: {v['error']}"]
             continue
         base_acc = " ".join(f"{k}={_num(a)}" for k, a in (v.get("baseline_accuracy") or {}).items()) or "-"
         base_ll = " ".join(f"{k}={_num(a)}" for k, a in (v.get("baseline_log_loss") or {}).items()) or "-"
-        rows.append((mark + v["version"], str(v.get("created_at") or "-"), _symbols(v.get("symbols")),
-                     _num(v.get("accuracy")), _num(v.get("log_loss")), base_acc, base_ll))
+        span = v.get("training_span_ms")
+        rows.append((mark + v["version"], str(v.get("created_at") or "-"), str(v.get("timeframe") or "-"),
+                     _symbols(v.get("symbols")), f"{iso_minute(span[0])} .. {iso_minute(span[1])}" if span else "-",
+                     _num(v.get("accuracy")), _num(v.get("log_loss")), base_acc, base_ll,
+                     v.get("verdict") or "not evaluated"))
         summary = evaluation_summary(v.get("evaluation"))
         lines = []
         if summary:
@@ -145,9 +154,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    if args.force and not (args.reason or "").strip():
+        return _fail("--force needs --reason 'why': the override is recorded in the history")
     try:
         return switch(args.version, _model_root(args), "promote", args.address, args.no_deploy,
-                      args.require_deploy, args.config, args.timeout)
+                      args.require_deploy, args.config, args.timeout, gate=True,
+                      force_reason=args.reason.strip() if args.force else None)
     except (LifecycleError, OSError) as e:
         return _fail(str(e))
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.core.features import rolling_std
 from serve_app.core.records import ErrorCode, MarketView, StageError
 from serve_app.store.base import NewsItem
 
@@ -56,17 +57,29 @@ def _log_returns(closes: np.ndarray) -> np.ndarray:
     return np.diff(np.log(closes))
 
 
+def realised_vols(closes: np.ndarray, lookback: int) -> np.ndarray:
+    """vols[j]: std of the `lookback` one-candle log returns ending at return j (r[j] = log closes[j+1]/closes[j]);
+    NaN for j < lookback - 1."""
+    return rolling_std(_log_returns(np.asarray(closes, dtype=np.float64)), lookback, ddof=1)
+
+
 def rolling_vol_threshold(closes: np.ndarray, lookback: int, percentile: float) -> float:
     """Percentile of the rolling realised volatility (std of log returns) over the whole history."""
-    r = _log_returns(closes)
-    if r.size < lookback + 1:
+    return vol_threshold_in(realised_vols(closes, lookback), 0, len(closes) - 1, lookback, percentile)
+
+
+def vol_threshold_in(vols: np.ndarray, first: int, last: int, lookback: int, percentile: float) -> float:
+    """rolling_vol_threshold(closes[first:last + 1], lookback, percentile), from vols = realised_vols(closes,
+    lookback) computed once over the whole series (a replay asks this for thousands of windows)."""
+    if last - first < lookback + 1:
         return float("inf")
-    windows = np.lib.stride_tricks.sliding_window_view(r, lookback)
-    return float(np.quantile(windows.std(axis=1, ddof=1), percentile))
+    return float(np.quantile(vols[first + lookback - 1:last], percentile))
 
 
 def build_snapshot(closes_by_symbol: dict[str, np.ndarray], news: Sequence[NewsItem], cfg: MarketConfig,
-                   now_ms: int) -> MarketSnapshot:
+                   now_ms: int, vol_thresholds: Mapping[str, float] | None = None) -> MarketSnapshot:
+    """The snapshot of these closes and news; `vol_thresholds` (per symbol, optional): each symbol's
+    rolling_vol_threshold of its closes, when the caller has it already."""
     keep = max(cfg.momentum_lookback, cfg.vol_lookback) + 2
     by_symbol: dict[str, list[NewsItem]] = {}
     for item in news:
@@ -76,8 +89,9 @@ def build_snapshot(closes_by_symbol: dict[str, np.ndarray], news: Sequence[NewsI
         items = by_symbol.get(sym, [])
         series[sym] = SymbolSeries(
             closes=np.asarray(closes[-keep:], dtype=np.float64),
-            vol_threshold=rolling_vol_threshold(np.asarray(closes, dtype=np.float64), cfg.vol_lookback,
-                                                cfg.volatile_percentile),
+            vol_threshold=(vol_thresholds[sym] if vol_thresholds is not None and sym in vol_thresholds else
+                           rolling_vol_threshold(np.asarray(closes, dtype=np.float64), cfg.vol_lookback,
+                                                 cfg.volatile_percentile)),
             news_time_ms=np.array([n.published_at for n in items], dtype=np.int64),
             news_score=np.array([n.score for n in items], dtype=np.float64),
         )

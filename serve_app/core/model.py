@@ -24,9 +24,16 @@ class ModelLoadError(RuntimeError):
     """The artifact cannot be served: missing/corrupt file or metadata that does not match this code."""
 
 
-def calibrate(p: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T) row-wise (T=1 leaves p unchanged up to renormalisation)."""
-    logits = np.log(np.clip(p, 1e-12, 1.0)) / float(temperature)
+def calibrate(p: np.ndarray, temperature: float, prior: np.ndarray | None = None) -> np.ndarray:
+    """Temperature scaling towards a prior, row-wise: q ∝ p^(1/T) · prior^(1 - 1/T).
+
+    T = 1 leaves p unchanged (up to renormalisation); T > 1 pulls every row towards the prior, which it
+    reaches as T grows; T < 1 sharpens. With no prior (uniform) this is plain softmax(log p / T): a model
+    with no skill is best calibrated to the class frequencies, which only the prior form can reach."""
+    a = 1.0 / float(temperature)
+    logits = a * np.log(np.clip(p, 1e-12, 1.0))
+    if prior is not None:
+        logits = logits + (1.0 - a) * np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-12, 1.0))
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
@@ -58,6 +65,8 @@ class SignalModel:
         self.version: str = str(self.metadata.get("version", "unversioned"))
         self.classes: tuple[str, ...] = tuple(self.metadata.get("classes", CLASSES))
         self.temperature: float = float(self.metadata.get("temperature", 1.0) or 1.0)
+        prior = self.metadata.get("calibration_prior")  # absent in models trained before it existed: uniform
+        self.prior: np.ndarray | None = np.asarray(prior, dtype=np.float64) if prior else None
         self.feature_names: tuple[str, ...] = tuple(self.metadata.get("feature_names", FEATURE_NAMES))
         self.booster.set_param({"nthread": int(nthread)})
 
@@ -91,6 +100,12 @@ class SignalModel:
         if not np.isfinite(temperature) or temperature <= 0:
             raise ModelLoadError(f"{meta_path}: temperature must be a positive number, got "
                                  f"{meta.get('temperature')!r}")
+        prior = meta.get("calibration_prior")
+        if prior is not None:
+            values = np.asarray(prior, dtype=np.float64) if isinstance(prior, list) else np.empty(0)
+            if values.shape != (len(CLASSES),) or not np.all(values > 0) or abs(values.sum() - 1) > 1e-6:
+                raise ModelLoadError(f"{meta_path}: calibration_prior must be {len(CLASSES)} positive class "
+                                     f"frequencies summing to 1, got {prior!r}")
 
         if meta.get("model_file"):
             model_path = vdir / str(meta["model_file"])
@@ -133,4 +148,4 @@ class SignalModel:
         if X.shape[0] == 0:
             return np.empty((0, len(self.classes)), dtype=np.float64)
         raw = np.asarray(self.booster.inplace_predict(X), dtype=np.float64).reshape(X.shape[0], -1)
-        return calibrate(raw, self.temperature)
+        return calibrate(raw, self.temperature, self.prior)

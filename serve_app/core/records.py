@@ -105,6 +105,7 @@ class Verdict:
     size: float                # the final position, after the caps (0 when blocked or HOLD)
     notional: float
     fraction_of_equity: float
+    blocked_by: tuple[str, ...] = ()   # the rules that blocked it (BLOCKS keys), for counting
 
 
 @dataclass(frozen=True)

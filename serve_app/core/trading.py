@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.core.labels import DOWN, UP
-from serve_app.core.records import Verdict, Work
+from serve_app.core.records import CandleFacts, Prediction, SignalInput, Verdict, Work
 
 
 class TradeConfig(BaseModel):
@@ -109,6 +109,36 @@ class ExposureBook:
             self.positions.pop(symbol, None)
 
 
+# what can block a signal (Verdict.blocked_by), in the order assess checks them
+BLOCKS = {"min_confidence": "confidence below min_confidence", "circuit_breaker": "volatility circuit breaker",
+          "stale_data": "stale data", "price_sanity": "price sanity", "total_exposure": "total exposure cap reached",
+          "zero_size": "position size is zero (no Kelly edge)"}
+
+
+def pre_trade_blocks(inp: SignalInput, candle: CandleFacts, pred: Prediction,
+                     cfg: RiskConfig) -> list[tuple[str, str]]:
+    """The blocks of a BUY/SELL that depend neither on its size nor on the book: (BLOCKS key, why) of each
+    failing check, in BLOCKS order; none for a HOLD. A signal they block is blocked whatever its size."""
+    if pred.action == "HOLD":
+        return []
+    price = float(inp.price)
+    age_s = (inp.asof_ms - candle.last_open_time_ms) / 1000.0
+    deviation = abs(price / candle.last_close - 1)
+    checks = [  # (blocks?, BLOCKS key, why)
+        (pred.confidence < cfg.min_confidence, "min_confidence",
+         f"confidence {pred.confidence:.3f} below minimum {cfg.min_confidence:.2f}"),
+        (candle.atr_pct > cfg.max_atr_pct, "circuit_breaker",
+         f"volatility circuit breaker: ATR {candle.atr_pct:.2%} of price exceeds {cfg.max_atr_pct:.2%}"),
+        (age_s > cfg.max_data_age_s, "stale_data",
+         f"stale data: last candle opened {age_s / 3600:.1f} h before the signal time "
+         f"(limit {cfg.max_data_age_s / 3600:.1f} h)"),
+        (deviation > cfg.max_price_deviation, "price_sanity",
+         f"price sanity: {price:g} is {deviation:.1%} from the last close "
+         f"{candle.last_close:g} (limit {cfg.max_price_deviation:.0%})"),
+    ]
+    return [(key, why) for failed, key, why in checks if failed]
+
+
 def assess(work: Work, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, now: float | None = None) -> Verdict:
     """Risk verdict for one sized signal: `work` has its input, candle facts, prediction and sizing.
 
@@ -118,7 +148,6 @@ def assess(work: Work, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, 
     action, price, atr = pred.action, float(inp.price), float(candle.atr)
     equity = float(sizing.equity)
     reasons: list[str] = []
-    blocked = False
     if action == "HOLD":
         reasons.append("hold: no directional edge (flat is the most likely class)")
         stop = tp = None
@@ -128,26 +157,11 @@ def assess(work: Work, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, 
         tp = price + sign * trade.take_profit_atr_mult * atr
         if stop <= 0:  # a SELL's stop is above, a BUY's below; a stop at or below zero is meaningless
             stop = price * 0.01
-    age_s = (inp.asof_ms - candle.last_open_time_ms) / 1000.0
-    deviation = abs(price / candle.last_close - 1)
-    checks = [
-        (pred.confidence < cfg.min_confidence,
-         f"confidence {pred.confidence:.3f} below minimum {cfg.min_confidence:.2f}"),
-        (candle.atr_pct > cfg.max_atr_pct,
-         f"volatility circuit breaker: ATR {candle.atr_pct:.2%} of price exceeds {cfg.max_atr_pct:.2%}"),
-        (age_s > cfg.max_data_age_s,
-         f"stale data: last candle opened {age_s / 3600:.1f} h before the signal time "
-         f"(limit {cfg.max_data_age_s / 3600:.1f} h)"),
-        (deviation > cfg.max_price_deviation,
-         f"price sanity: {price:g} is {deviation:.1%} from the last close "
-         f"{candle.last_close:g} (limit {cfg.max_price_deviation:.0%})"),
-    ]
-    if action != "HOLD":
-        for failed, why in checks:
-            if failed:
-                blocked = True
-                reasons.append("blocked: " + why)
-    notional = float(sizing.notional) if action != "HOLD" and not blocked else 0.0
+    blocks: list[str] = []
+    for key, why in pre_trade_blocks(inp, candle, pred, cfg):
+        blocks.append(key)
+        reasons.append("blocked: " + why)
+    notional = float(sizing.notional) if action != "HOLD" and not blocks else 0.0
     if notional > 0:
         cap = cfg.max_symbol_fraction * equity
         if notional > cap:
@@ -156,23 +170,24 @@ def assess(work: Work, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, 
         room = cfg.max_total_exposure_fraction * equity - book.total_excluding(inp.symbol, now)
         if notional > room:
             if room <= 0:
-                blocked = True
+                blocks.append("total_exposure")
                 reasons.append("blocked: total exposure cap reached "
                                f"({cfg.max_total_exposure_fraction:.0%} of equity)")
                 notional = 0.0
             else:
                 reasons.append(f"capped: total exposure leaves room for {room:,.2f}")
                 notional = room
-    if action != "HOLD" and not blocked and notional <= 0:
-        blocked = True
+    if action != "HOLD" and not blocks and notional <= 0:
+        blocks.append("zero_size")
         reasons.append("blocked: position size is zero (no Kelly edge at this payoff ratio)")
-    approved = action != "HOLD" and not blocked
+    approved = action != "HOLD" and not blocks
     if approved:
         book.set(inp.symbol, notional, now)
     size = notional / price if approved else 0.0
     return Verdict(approved=approved, stop_loss=_round_price(stop), take_profit=_round_price(tp),
                    reasons=tuple(reasons), size=size, notional=size * price,
-                   fraction_of_equity=min(size * price / equity, 1.0) if equity > 0 else 0.0)
+                   fraction_of_equity=min(size * price / equity, 1.0) if equity > 0 else 0.0,
+                   blocked_by=tuple(blocks))
 
 
 def _round_price(x: float | None) -> float | None:

@@ -15,18 +15,23 @@ in every symbol at the first out-of-sample open (same fee and slippage) and hold
 from __future__ import annotations
 
 import math
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from serve_app.training.walkforward import OutOfSample
-from serve_app.core.market import MarketConfig, build_snapshot, compute_contexts
+from serve_app.core.labels import DEFAULT_FEE_BPS, DEFAULT_SLIPPAGE_BPS
+from serve_app.core.market import MarketConfig, build_snapshot, compute_contexts, realised_vols, vol_threshold_in
 from serve_app.core.records import CandleFacts, Prediction, SignalInput, Sizing, Work
 from serve_app.core.trading import (ExposureBook, PortfolioConfig, RiskConfig, TradeConfig, assess, decide_actions,
-                                    size_positions)
+                                    pre_trade_blocks, size_positions)
 
 YEAR_MS = 365.25 * 86_400_000
+MIN_TRADES_FOR_RATIOS = 30   # fewer trades: Sharpe and Sortino are not reported
 
 
 @dataclass
@@ -80,9 +85,11 @@ def _trade_stats(trades: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def backtest(candles: Mapping[str, Any], symbols: Sequence[str], oos: OutOfSample, horizon: int, step_ms: int,
-             fee_bps: float = 10.0, slippage_bps: float = 5.0, trade: TradeConfig | None = None,
+             fee_bps: float = DEFAULT_FEE_BPS, slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
+             trade: TradeConfig | None = None,
              portfolio: PortfolioConfig | None = None, risk: RiskConfig | None = None,
-             market: MarketConfig | None = None, market_history: int = 1000) -> BacktestResult:
+             market: MarketConfig | None = None, market_history: int = 1000,
+             progress: bool = False) -> BacktestResult:
     """Trade the out-of-sample predictions `oos` (symbol indices into `symbols`, candle indices into
     `candles[symbol]`). Configs default to the service defaults; `market_history` is how many closes
     the market-context snapshot sees (the service's candle cache window)."""
@@ -103,6 +110,11 @@ def backtest(candles: Mapping[str, Any], symbols: Sequence[str], oos: OutOfSampl
     signals_at: dict[int, list[int]] = {}
     for row, g in enumerate(np.searchsorted(grid, oos.open_time)):
         signals_at.setdefault(int(g), []).append(row)
+    # the action of every out-of-sample row at once: only BUY/SELL rows need a market context, sizing and
+    # risk (most rows are HOLD, and a HOLD never trades)
+    all_actions, all_confidence = decide_actions(oos.proba)
+    # each symbol's rolling volatility once: the snapshot of a candle takes its percentile over the window
+    vols = [realised_vols(c.close, market.vol_lookback) for c in cs]
 
     book = ExposureBook(ttl_s=horizon * step_ms / 1000)  # a position lives at most `horizon` candles
     realized = portfolio.equity
@@ -113,6 +125,9 @@ def backtest(candles: Mapping[str, Any], symbols: Sequence[str], oos: OutOfSampl
     equity = np.empty(grid.size)
     gross = np.empty(grid.size)
     decisions = {"signals": 0, "BUY": 0, "SELL": 0, "HOLD": 0, "approved": 0, "blocked": 0, "skipped_in_trade": 0}
+    blocked_by: Counter = Counter()
+    bar = tqdm(total=grid.size, desc="backtest", unit="candle", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5)
 
     def close_position(i: int, p: _Position, price: float, ms: int, reason: str) -> None:
         nonlocal realized
@@ -128,6 +143,8 @@ def backtest(candles: Mapping[str, Any], symbols: Sequence[str], oos: OutOfSampl
         # the entry fee was already taken from `realized` at the fill; pnl above is net of both fees
 
     for g, t_ms in enumerate(grid.tolist()):
+        if g % 1000 == 0:
+            bar.update(min(1000, grid.size - g))
         close_ms = t_ms + step_ms
         for i, c in enumerate(cs):
             ci = int(at[i, g])
@@ -160,58 +177,79 @@ def backtest(candles: Mapping[str, Any], symbols: Sequence[str], oos: OutOfSampl
         gross[g] = sum(p.qty * last_close[i] for i, p in open_pos.items())
 
         signalled = signals_at.get(g, [])
-        rows = [r for r in signalled if int(oos.symbol[r]) not in open_pos and int(oos.symbol[r]) not in pending]
+        free = [r for r in signalled if int(oos.symbol[r]) not in open_pos and int(oos.symbol[r]) not in pending]
         decisions["signals"] += len(signalled)
-        decisions["skipped_in_trade"] += len(signalled) - len(rows)
-        if not rows:
+        decisions["skipped_in_trade"] += len(signalled) - len(free)
+        rows = [r for r in free if all_actions[r] != "HOLD"]
+        decisions["HOLD"] += len(free) - len(rows)
+        # the risk checks that need neither size nor book first: most BUY/SELL rows of a weak model stop
+        # here (confidence), and need no market context or sizing
+        facts = {}
+        for r in rows:
+            i, k = int(oos.symbol[r]), int(oos.candle[r])
+            price, opened = float(cs[i].close[k]), int(cs[i].open_time[k])
+            # the candle just closed is the freshest data there is: no staleness in a replay
+            inp = SignalInput(symbols[i], price, asof_ms=opened, equity=float(equity[g]))
+            candle = CandleFacts(last_close=price, last_open_time_ms=opened, atr=float(oos.atr_pct[r]) * price,
+                                 atr_pct=float(oos.atr_pct[r]), candles_cached=k + 1, cache_age_s=0.0,
+                                 store_reachable=True)
+            pred = Prediction(tuple(float(x) for x in oos.proba[r]), all_actions[r], float(all_confidence[r]),
+                              "backtest")
+            decisions[all_actions[r]] += 1
+            blocks = pre_trade_blocks(inp, candle, pred, risk)
+            if blocks:
+                decisions["blocked"] += 1
+                blocked_by.update(key for key, _ in blocks)
+            else:
+                facts[r] = (i, k, inp, candle, pred)
+        if not facts:
             continue
-        sym_i = [int(oos.symbol[r]) for r in rows]
-        ci = [int(oos.candle[r]) for r in rows]
-        probs = oos.proba[rows]
-        prices = np.array([cs[i].close[k] for i, k in zip(sym_i, ci)])
-        atr = oos.atr_pct[rows] * prices
-        snapshot = build_snapshot({symbols[i]: cs[i].close[max(0, k + 1 - market_history): k + 1]
-                                   for i, k in zip(sym_i, ci)}, [], market, close_ms)
+        rows = list(facts)
+        sym_i = [facts[r][0] for r in rows]
+        ci = [facts[r][1] for r in rows]
+        prices = np.array([facts[r][2].price for r in rows])
+        first = {i: max(0, k + 1 - market_history) for i, k in zip(sym_i, ci)}
+        snapshot = build_snapshot(
+            {symbols[i]: cs[i].close[first[i]: k + 1] for i, k in zip(sym_i, ci)}, [], market, close_ms,
+            vol_thresholds={symbols[i]: vol_threshold_in(vols[i], first[i], k, market.vol_lookback,
+                                                         market.volatile_percentile) for i, k in zip(sym_i, ci)})
         contexts = compute_contexts([symbols[i] for i in sym_i], prices.tolist(), [close_ms] * len(rows),
                                     snapshot, market)
-        actions, confidence = decide_actions(probs)
-        sized = size_positions(actions, probs, prices, atr, np.full(len(rows), equity[g]),
+        sized = size_positions([all_actions[r] for r in rows], oos.proba[rows], prices,
+                               np.array([facts[r][3].atr for r in rows]), np.full(len(rows), equity[g]),
                                [ctx.regime for ctx in contexts], trade, portfolio)
-        for j, (i, k) in enumerate(zip(sym_i, ci)):
-            decisions[actions[j]] += 1
-            # the candle just closed is the freshest data there is: no staleness in a replay
-            opened = int(cs[i].open_time[k])
-            work = Work(SignalInput(symbols[i], float(prices[j]), asof_ms=opened, equity=float(equity[g])),
-                        candle=CandleFacts(last_close=float(prices[j]), last_open_time_ms=opened,
-                                           atr=float(atr[j]), atr_pct=float(oos.atr_pct[rows[j]]),
-                                           candles_cached=k + 1, cache_age_s=0.0, store_reachable=True),
-                        market=contexts[j],
-                        prediction=Prediction(tuple(float(x) for x in probs[j]), actions[j], float(confidence[j]),
-                                              "backtest"),
+        for j, r in enumerate(rows):
+            i, k, inp, candle, pred = facts[r]
+            work = Work(inp, candle=candle, market=contexts[j], prediction=pred,
                         sizing=Sizing(equity=float(equity[g]), notional=float(sized["notional"][j]),
                                       kelly_fraction=float(sized["kelly"][j]),
                                       vol_cap_fraction=float(sized["vol_cap"][j])))
             verdict = assess(work, trade, risk, book, now=close_ms / 1000)
-            if actions[j] == "HOLD":
-                continue
             if not verdict.approved:
                 decisions["blocked"] += 1
+                blocked_by.update(verdict.blocked_by)
                 continue
             decisions["approved"] += 1
-            pending[i] = _Position(side=1.0 if actions[j] == "BUY" else -1.0, notional=verdict.notional,
+            pending[i] = _Position(side=1.0 if pred.action == "BUY" else -1.0, notional=verdict.notional,
                                    stop=verdict.stop_loss, take_profit=verdict.take_profit,
-                                   exit_candle=k + horizon, signal_ms=opened)
+                                   exit_candle=k + horizon, signal_ms=inp.asof_ms)
     for i, p in list(open_pos.items()):  # only if the data ends before a position's horizon
         close_position(i, open_pos.pop(i), float(last_close[i]), int(grid[-1]) + step_ms, "end")
     equity[-1] = realized
 
+    bar.close()
     buy_hold = _buy_and_hold(cs, at, portfolio.equity, fee, slip)
     ppy = YEAR_MS / step_ms
+    perf, stats = performance(equity, ppy), _trade_stats(trades)
+    if stats["trades"] < MIN_TRADES_FOR_RATIOS:  # an annualised ratio of a handful of trades says nothing
+        perf.update(sharpe=None, sortino=None)
     summary = {
-        "strategy": {**performance(equity, ppy), **_trade_stats(trades),
-                     "time_in_market": float(np.mean(gross > 0)),
+        # what a reader needs first: what it made, how long it was in the market, how often it traded and won
+        "strategy": {"total_return": perf["total_return"], "time_in_market": float(np.mean(gross > 0)),
+                     "trades": stats["trades"], "hit_rate": stats["hit_rate"], **perf, **stats,
                      "mean_gross_exposure": float(np.mean(gross / equity)),
-                     "decisions": decisions},
+                     "ratios_need_trades": MIN_TRADES_FOR_RATIOS,
+                     "decisions": {**decisions, "blocked_by": dict(blocked_by.most_common())}},
         "buy_and_hold": performance(buy_hold, ppy),
         "config": {"fee_bps": fee_bps, "slippage_bps": slippage_bps, "horizon": horizon,
                    "starting_equity": portfolio.equity, "periods_per_year": ppy,

@@ -113,9 +113,10 @@ def _app_model_root(app: Mapping[str, Any]) -> str | None:
 
 # --- the running application -----------------------------------------------------------------------
 def deploy_model_version(address: str, version: str, root: Path, timeout_s: float,
-                         log: Callable[[str], None] = print) -> list[str]:
+                         log: Callable[[str], None] = print, timeframe: str | None = None) -> list[str]:
     """Serve `version` in every running application built from serve_app.app:build_app at the dashboard
-    `address`; returns their names once their MLEngine replicas are healthy on it.
+    `address`; returns their names once their MLEngine replicas are healthy on it. `timeframe` (the model's):
+    an application serving another timeframe refuses the update.
     Raises NoRunningApp when there is nothing to update, LifecycleError when the update is refused or
     fails (then the previous config is re-applied)."""
     import httpx
@@ -139,6 +140,10 @@ def deploy_model_version(address: str, version: str, root: Path, timeout_s: floa
     if REDACTED in json.dumps(live):
         raise LifecycleError(f"the dashboard at {address} redacted runtime_env values: re-applying its "
                              f"config would replace them with {REDACTED!r}")
+    mismatched = _timeframe_mismatches(timeframe, new)
+    if mismatched:
+        raise LifecycleError(f"{version} predicts {timeframe} candles, but {', '.join(mismatched)} at {address} "
+                             f"serve another timeframe: refused")
     for app in new["applications"]:
         app_root = _app_model_root(app) if _is_signal_app(app) else None
         if app_root and os.path.abspath(app_root) != os.path.abspath(root):
@@ -210,26 +215,87 @@ def check_servable(version: str, root: Path) -> Path:
     return vdir
 
 
+def _timeframe_mismatches(timeframe: str | None, config: Mapping[str, Any]) -> list[str]:
+    """The applications of a Serve config (built from build_app) that serve another timeframe than the
+    model's: "name (their timeframe)"."""
+    from serve_app.config import AppArgs
+
+    default = AppArgs.model_fields["timeframe"].default
+    out = []
+    for app in config.get("applications") or []:
+        if _is_signal_app(app):
+            theirs = (app.get("args") or {}).get("timeframe", default)
+            if timeframe is not None and theirs != timeframe:
+                out.append(f"{app.get('name', 'default')} ({theirs})")
+    return out
+
+
+def gate_refusals(version: str, root: Path) -> list[str]:
+    """Why `version` must not replace the serving model, if it must not: no evaluation with a verdict, a
+    verdict other than "edge", or worse than the serving model on the same evaluation window (its
+    evaluation paired it with the serving model). Empty: it may be promoted. Used by `signalgen models
+    promote` and by scheduled retraining."""
+    from serve_app.training import registry
+    from serve_app.training.verdict import EDGE, verdict_line
+
+    evaluation = registry.read_evaluation(registry.resolve(version, root)) or {}
+    verdict = evaluation.get("verdict")
+    if not verdict:
+        return [f"{version} has no evaluation with a verdict: run `signalgen evaluate --model-version {version}`"]
+    refusals = []
+    if verdict["verdict"] != EDGE:
+        refusals.append(f"its evaluation found {verdict['verdict'].upper()} "
+                        f"({verdict_line(verdict, verdict.get('backtest'))})")
+    current = registry.current_version(root)
+    vs = verdict.get("vs_serving")
+    if current is not None and current != version:
+        if not vs or vs.get("version") != current:
+            refusals.append(f"it was not evaluated against the serving model {current}: run `signalgen evaluate "
+                            f"--model-version {version}` again")
+        elif vs["comparable"] and vs["difference"] > 0:
+            refusals.append(f"it is worse than the serving model {current} on the same window: log-loss "
+                            f"{vs['log_loss'] + vs['difference']:.4f} vs {vs['log_loss']:.4f}")
+    return refusals
+
+
 def switch(version: str, root: Path, action: str, address: str, no_deploy: bool = False,
            require_deploy: bool = False, config_file: Path | None = None, timeout_s: float = 300.0,
-           log: Callable[[str], None] = print) -> int:
-    """promote/rollback: check the version, update the running app, then the registry and --config."""
+           log: Callable[[str], None] = print, gate: bool = False, force_reason: str | None = None) -> int:
+    """promote/rollback: check the version (and, with `gate`, the promotion gate - overridden only by a
+    `force_reason`, recorded in the history), update the running app, then the registry and --config."""
     from serve_app.training import registry
 
     vdir = check_servable(version, root)
     version = vdir.name  # 'latest' -> its name
+    timeframe = registry.read_metadata(vdir).get("timeframe")
     new_text = None
     if config_file is not None:
         try:
-            new_text = edit_config_text(config_file.read_text(encoding="utf-8"), version, str(config_file))
+            text = config_file.read_text(encoding="utf-8")
         except OSError as e:
             raise LifecycleError(f"{config_file}: {e.strerror or e}") from e
+        new_text = edit_config_text(text, version, str(config_file))
+        import yaml
+
+        mismatched = _timeframe_mismatches(timeframe, yaml.safe_load(text))
+        if mismatched:
+            raise LifecycleError(f"{version} predicts {timeframe} candles, but {config_file} serves "
+                                 f"{', '.join(mismatched)}: refused")
+    extra: dict[str, Any] = {}
+    if gate:
+        refusals = gate_refusals(version, root)
+        if refusals and not force_reason:
+            raise LifecycleError(f"promotion of {version} refused: " + "; ".join(refusals)
+                                 + ". To promote it anyway: --force --reason 'why' (recorded in the history)")
+        if refusals:
+            log(f"FORCED past the promotion gate ({force_reason}): " + "; ".join(refusals))
+            extra = {"forced": True, "reason": force_reason, "gate": refusals}
     not_deployed = None
     if no_deploy:
         not_deployed = "--no-deploy"
     else:
         try:
-            deploy_model_version(address, version, root, timeout_s, log)
+            deploy_model_version(address, version, root, timeout_s, log, timeframe)
         except NoRunningApp as e:
             if require_deploy:
                 raise LifecycleError(f"{e} (--require-deploy): the registry was not changed") from e
@@ -238,7 +304,7 @@ def switch(version: str, root: Path, action: str, address: str, no_deploy: bool 
     if previous == version:
         log(f"{version} is already CURRENT in {root}")
     else:
-        registry.promote(version, action=action, by=_operator(), root=root)
+        registry.promote(version, action=action, by=_operator(), root=root, **extra)
         log(f"{action}: CURRENT {previous or '(none)'} -> {version} in {root}")
     if new_text is not None:
         config_file.write_text(new_text, encoding="utf-8")

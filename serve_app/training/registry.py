@@ -190,17 +190,28 @@ def set_current(version: str, root: str | os.PathLike | None = None) -> None:
     _atomic_write_text(root_dir / CURRENT_FILE, version + "\n")
 
 
+def _created(version_dir: Path) -> float:
+    """When a version was saved (metadata created_at; the names only resolve to the second)."""
+    try:
+        return _dt.datetime.fromisoformat(read_metadata(version_dir)["created_at"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return (version_dir / METADATA_FILE).stat().st_mtime
+
+
 def _version_dirs(root_dir: Path) -> list[Path]:
+    """The version directories, oldest first (by creation time, then name)."""
     if not root_dir.is_dir():
         return []
-    return sorted(p for p in root_dir.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / METADATA_FILE).is_file())
+    dirs = [p for p in root_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / METADATA_FILE).is_file()]
+    return sorted(dirs, key=lambda p: (_created(p), p.name))
 
 
 def list_versions(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """One summary dict per version, oldest first: version, path, created_at, current, timeframe,
-    symbols, label, n_train/n_test, temperature, test accuracy/log_loss, baseline accuracies and
-    log-losses, evaluation (the evaluation.json document or None).
+    training_span_ms ([first, last] open time trained on), verdict (of the last evaluation, or None), symbols,
+    label, n_train/n_test, temperature, test accuracy/log_loss, baseline accuracies and log-losses,
+    evaluation (the evaluation.json document or None).
     A version whose metadata cannot be read is listed with an `error` (an unreadable evaluation.json
     with an `evaluation_error`)."""
     root_dir = _root(root)
@@ -220,9 +231,13 @@ def list_versions(root: str | os.PathLike | None = None) -> list[dict[str, Any]]
             evaluation = read_evaluation(d)
         except (OSError, ValueError) as e:
             evaluation, item["evaluation_error"] = None, str(e)
+        spans = [w for w in (m.get("training_window") or {}).values() if isinstance(w, list) and len(w) == 2]
+        verdict = ((evaluation or {}).get("verdict") or {}).get("verdict") if isinstance(evaluation, dict) else None
         item.update({
             "created_at": m.get("created_at"),
             "timeframe": m.get("timeframe"),
+            "training_span_ms": [min(w[0] for w in spans), max(w[1] for w in spans)] if spans else None,
+            "verdict": verdict,
             "symbols": m.get("symbols"),
             "label": m.get("label"),
             "n_train": m.get("n_train"),
@@ -287,14 +302,15 @@ def read_history(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
 
 
 def promote(version: str, action: str = "promote", by: str | None = None,
-            root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Point CURRENT at `version` and append {version, previous, action, at, by} to HISTORY.jsonl;
-    returns that entry. Checks nothing about the artifact: the caller decides it is servable."""
+            root: str | os.PathLike | None = None, **extra: Any) -> dict[str, Any]:
+    """Point CURRENT at `version` and append {version, previous, action, at, by, **extra} to HISTORY.jsonl
+    (extra: e.g. forced, reason, gate for a promotion past the gate); returns that entry. Checks nothing
+    about the artifact: the caller decides it is servable."""
     root_dir = _root(root)
     previous = current_version(root_dir)
     set_current(version, root_dir)
     entry = {"version": version, "previous": previous, "action": action,
-             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "by": by}
+             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "by": by, **extra}
     with open(root_dir / HISTORY_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
         f.flush()

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from serve_app.training import registry
 from serve_app import settings
 from serve_app.core.features import FEATURE_NAMES, SERVING_WINDOW, WARMUP, compute_features, log_returns
-from serve_app.core.timeutil import iso_minute
-from serve_app.core.labels import CLASSES, DEFAULT_HORIZON, DEFAULT_K, DEFAULT_VOL_PERIOD, DOWN, UP, make_labels
+from serve_app.core.timeutil import iso_minute, timeframe_ms
+from serve_app.core.labels import CLASSES, DEFAULT_K, DOWN, UP, derive_label_spec, make_labels
 from serve_app.core.model import calibrate
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -49,11 +49,21 @@ DEFAULT_PARAMS: dict[str, Any] = {
 # --- dataset ---------------------------------------------------------------------------------------
 @dataclass
 class Split:
-    """Row indices (into one symbol's candle arrays) of each segment, ascending in time."""
+    """Row indices (into one symbol's candle arrays) of each segment, ascending in time. The validation
+    segment has two halves: the earlier one stops the boosting (`stop`), the later one fits the calibration
+    (`calib`); each is held out from what the other fits."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+
+    @property
+    def stop(self) -> np.ndarray:
+        return self.val[: self.val.size - self.val.size // 2]
+
+    @property
+    def calib(self) -> np.ndarray:
+        return self.val[self.val.size - self.val.size // 2:]
 
 
 def time_split(valid_idx: np.ndarray, test_fraction: float, val_fraction: float, purge: int) -> Split:
@@ -159,14 +169,78 @@ def directional_hit_rate(pred: np.ndarray, fwd_sign: np.ndarray) -> dict[str, An
     return {"calls": n, "hit_rate": float(np.mean(fwd_sign[called] == want))}
 
 
-def fit_temperature(y: np.ndarray, p: np.ndarray) -> float:
-    """T minimising the log-loss of softmax(log p / T) on (y, p); 1.0 when there is nothing to fit."""
+T_PRIOR = 1e4   # the largest temperature: the rows are the training prior but for 1e-4 of the trees' log-odds
+
+
+def fit_temperature(y: np.ndarray, p: np.ndarray, prior: np.ndarray | None = None) -> float:
+    """T in [1, T_PRIOR] minimising the log-loss of calibrate(p, T, prior) on (y, p): calibration only pulls
+    the trees' probabilities towards the prior (T = 1 leaves them alone; at T_PRIOR they are the prior),
+    never sharpens them - a sharpening fitted on a few hundred rows is the likeliest to hurt out of sample.
+    1.0 when there is nothing to fit or no T does better than leaving p alone."""
     if y.size == 0:
         return 1.0
-    res = minimize_scalar(lambda lt: log_loss(y, calibrate(p, math.exp(lt))), bounds=(-3.0, 3.0),
-                          method="bounded", options={"xatol": 1e-4})
+    res = minimize_scalar(lambda lt: log_loss(y, calibrate(p, math.exp(lt), prior)),
+                          bounds=(0.0, math.log(T_PRIOR)), method="bounded", options={"xatol": 1e-4})
     t = float(math.exp(res.x))
-    return t if log_loss(y, calibrate(p, t)) <= log_loss(y, calibrate(p, 1.0)) else 1.0
+    return t if log_loss(y, calibrate(p, t, prior)) < log_loss(y, calibrate(p, 1.0, prior)) else 1.0
+
+
+MIN_TRAIN_ROWS = 500    # below: a warning that the model fits on too few rows to mean much
+MIN_CALIB_ROWS = 200    # below: a warning that the temperature is fitted on too few rows
+
+
+def class_prior(y: np.ndarray) -> np.ndarray:
+    """Class frequencies of `y` (each at least one count: a class never seen still gets a little mass)."""
+    counts = np.bincount(y, minlength=len(CLASSES)).astype(np.float64) + 1.0
+    return counts / counts.sum()
+
+
+def calibration(y: np.ndarray, p: np.ndarray, prior: np.ndarray) -> dict[str, Any]:
+    """What the model serves, chosen on the calibration slice - rows the trees never saw - by held-out
+    log-loss among: the trees' raw probabilities, the temperature-calibrated ones (each half of the slice
+    scored with the temperature fitted on the other half: cross-fitting, so no row is scored with a
+    temperature fitted on it) and the training prior itself (fitted on no row of the slice). "raw" serves
+    T = 1, "calibrated" the temperature fitted on the whole slice, "prior" T_PRIOR: a model that does not
+    beat the class frequencies on rows it never saw serves the class frequencies."""
+    raw = log_loss(y, p)
+    scores = {"raw": raw, "prior": log_loss(y, np.tile(prior, (y.size, 1))) if y.size else raw}
+    half = y.size // 2
+    t = 1.0
+    if half >= 2:
+        cross = np.empty_like(p)
+        for fit_on, score_on in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+            cross[score_on] = calibrate(p[score_on], fit_temperature(y[fit_on], p[fit_on], prior), prior)
+        t = fit_temperature(y, p, prior)
+        if t != 1.0:
+            scores["calibrated"] = log_loss(y, cross)
+    choice = min(scores, key=lambda name: (scores[name], name != "raw"))  # a tie keeps the raw probabilities
+    temperature = {"raw": 1.0, "calibrated": t, "prior": T_PRIOR}[choice]
+    return {"choice": choice, "temperature": temperature, "fitted_temperature": t, "kept": choice != "raw",
+            "prior": prior.tolist(), "rows": int(y.size), "log_loss": scores,
+            "log_loss_raw": raw, "log_loss_calibrated": scores.get("calibrated", raw)}
+
+
+def size_warnings(n_train: Sequence[int] | int, n_calib: Sequence[int] | int, where: str = "") -> list[str]:
+    """Warnings, with their thresholds, when a model fits or calibrates on too few rows; given the row counts
+    of several walk-forward folds, one warning per kind for all the folds it concerns."""
+    n_train = [n_train] if isinstance(n_train, int) else list(n_train)
+    n_calib = [n_calib] if isinstance(n_calib, int) else list(n_calib)
+    out = []
+    for counts, least, verb, why in ((n_train, MIN_TRAIN_ROWS, "train", "too few for the metrics to mean much"),
+                                     (n_calib, MIN_CALIB_ROWS, "calibrate", "the calibration is noisy")):
+        few = [i for i, n in enumerate(counts) if n < least]
+        if not few:
+            continue
+        rows = sorted({counts[i] for i in few})
+        rows_text = str(rows[0]) if len(rows) == 1 else f"{rows[0]}-{rows[-1]}"
+        if len(counts) == 1:
+            who = f"{verb}s"
+        elif len(few) == len(counts):
+            who = f"every fold ({len(counts)}) {verb}s"
+        else:
+            who = f"fold{'s' * (len(few) > 1)} {', '.join(map(str, few))} of {len(counts)} {verb}{'s' * (len(few) == 1)}"
+        out.append(f"{where}{who} on {rows_text} rows (< {least}): {why}")
+    return out
 
 
 def baseline_metrics(y_train: np.ndarray, y: np.ndarray, momentum: np.ndarray, fwd_sign: np.ndarray,
@@ -207,35 +281,36 @@ class FittedBooster:
     params: dict[str, Any]
     best_iteration: int
     rounds_run: int
-    temperature: float
-    val_log_loss: float  # calibrated
+    temperature: float    # 1.0: raw probabilities; T_PRIOR: the prior (see calibration())
+    prior: np.ndarray     # the training window's class frequencies, what calibration pulls towards
+    calibration: dict[str, Any]
 
 
-def fit_booster(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarray, n_estimators: int = 500,
-                early_stopping_rounds: int = 40, params: dict[str, Any] | None = None, seed: int = 0,
+def fit_booster(Xtr: np.ndarray, ytr: np.ndarray, Xstop: np.ndarray, ystop: np.ndarray, Xcal: np.ndarray,
+                ycal: np.ndarray, n_estimators: int = 500, early_stopping_rounds: int = 40,
+                params: dict[str, Any] | None = None, seed: int = 0,
                 callbacks: Sequence[xgb.callback.TrainingCallback] = ()) -> FittedBooster:
-    """The model family: XGBoost (DEFAULT_PARAMS updated with `params`) early-stopped on the validation
-    rows, cut at the best round, then temperature-calibrated on the same validation rows."""
+    """The model family: XGBoost (DEFAULT_PARAMS updated with `params`) early-stopped on the `stop` rows and
+    cut at the best round, then calibrated towards the training prior on the `cal` rows (see calibration())."""
     p = dict(DEFAULT_PARAMS)
     p.update(params or {})
     p["seed"] = seed
     dtrain = xgb.DMatrix(Xtr, label=ytr, feature_names=list(FEATURE_NAMES))
-    dval = xgb.DMatrix(Xva, label=yva, feature_names=list(FEATURE_NAMES))
-    booster = xgb.train(p, dtrain, num_boost_round=n_estimators, evals=[(dval, "val")],
+    dstop = xgb.DMatrix(Xstop, label=ystop, feature_names=list(FEATURE_NAMES))
+    booster = xgb.train(p, dtrain, num_boost_round=n_estimators, evals=[(dstop, "val")],
                         early_stopping_rounds=early_stopping_rounds, callbacks=list(callbacks), verbose_eval=False)
     rounds_run = booster.num_boosted_rounds()
     best_iteration = int(getattr(booster, "best_iteration", rounds_run - 1))
     booster = booster[: best_iteration + 1]  # keep the trees up to the best validation round only
-    p_val = booster.inplace_predict(Xva)
-    temperature = fit_temperature(yva, p_val)
-    return FittedBooster(booster, p, best_iteration, rounds_run, temperature,
-                         log_loss(yva, calibrate(p_val, temperature)))
+    prior = class_prior(ytr)
+    cal = calibration(ycal, booster.inplace_predict(Xcal), prior)
+    return FittedBooster(booster, p, best_iteration, rounds_run, cal["temperature"], prior, cal)
 
 
 # --- training --------------------------------------------------------------------------------------
 def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings.DEFAULT_TIMEFRAME,
-          horizon: int = DEFAULT_HORIZON, k: float = DEFAULT_K,
-          vol_period: int = DEFAULT_VOL_PERIOD, test_fraction: float = 0.2,
+          horizon: int | None = None, k: float = DEFAULT_K,
+          vol_period: int | None = None, test_fraction: float = 0.2,
           val_fraction: float = 0.15, purge: int | None = None, n_estimators: int = 500,
           early_stopping_rounds: int = 40, params: dict[str, Any] | None = None, set_current: bool = True,
           root: str | Path | None = None, progress: bool = False, seed: int = 0,
@@ -243,26 +318,37 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
     """Train, evaluate and register a model; returns the new version directory.
 
     `store` needs load_candles(symbol, timeframe) and list_symbols(timeframe) (serve_app.store.Store).
-    symbols=None trains on every symbol the store has for `timeframe`."""
+    symbols=None trains on every symbol the store has for `timeframe`. horizon / vol_period None: derived
+    from the timeframe and the data (core.labels.derive_label_spec), the reasons kept in the metadata."""
     t0 = time.perf_counter()
-    purge = horizon if purge is None else int(purge)
-    if purge < horizon:
-        raise ValueError(f"purge ({purge}) must be >= horizon ({horizon}): a training label looks "
-                         f"{horizon} candles ahead")
     if symbols is None:
         symbols = list(store.list_symbols(timeframe))
     symbols = [s.strip() for s in symbols if s and s.strip()]
     if not symbols:
-        raise ValueError(f"no symbols to train on for timeframe {timeframe!r} (is the store seeded?)")
-    min_candles = min_candles if min_candles is not None else WARMUP + horizon + 200
+        held = getattr(store, "list_timeframes", lambda: [])()
+        raise ValueError(f"no {timeframe} candles to train on"
+                         + (f"; the store holds: {', '.join(held)} (use --timeframe)" if held
+                            else " (the store holds no candles: seed or import some)"))
 
     bar = tqdm(total=len(symbols) + n_estimators + 2, desc="train", unit="step", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    datas: list[SymbolData] = []
-    skipped: dict[str, str] = {}
+    loaded = {}
     for sym in symbols:
         bar.set_description(f"load {sym}")
-        candles = store.load_candles(sym, timeframe)
+        loaded[sym] = store.load_candles(sym, timeframe)
+        bar.update(1)
+    derived, label_notes = derive_label_spec(timeframe_ms(timeframe), [c.close for c in loaded.values()], k=k)
+    horizon = int(derived["horizon"]) if horizon is None else int(horizon)
+    vol_period = int(derived["vol_period"]) if vol_period is None else int(vol_period)
+    purge = horizon if purge is None else int(purge)
+    if purge < horizon:
+        bar.close()
+        raise ValueError(f"purge ({purge}) must be >= horizon ({horizon}): a training label looks "
+                         f"{horizon} candles ahead")
+    min_candles = min_candles if min_candles is not None else WARMUP + max(horizon, vol_period) + 200
+    datas: list[SymbolData] = []
+    skipped: dict[str, str] = {}
+    for sym, candles in loaded.items():
         if len(candles) < min_candles:
             skipped[sym] = f"{len(candles)} candles < {min_candles}"
         else:
@@ -270,13 +356,14 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
             valid = np.flatnonzero(d.valid())
             d.split = time_split(valid, test_fraction, val_fraction, purge)
             datas.append(d)
-        bar.update(1)
     if not datas:
         bar.close()
         raise ValueError(f"not enough candles to train ({timeframe}): {skipped}")
 
     Xtr, ytr, _, _, _ = _stack(datas, "train")
     Xva, yva, _, _, _ = _stack(datas, "val")
+    Xstop, ystop, _, _, _ = _stack(datas, "stop")
+    Xcal, ycal, _, _, _ = _stack(datas, "calib")
     Xte, yte, mom_te, fwd_te, sym_te = _stack(datas, "test")
     if min(ytr.size, yva.size, yte.size) == 0:
         bar.close()
@@ -284,7 +371,9 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
 
     bar.set_description("boost")
     cb = _ProgressCallback(bar)
-    fit = fit_booster(Xtr, ytr, Xva, yva, n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds,
+    warnings = size_warnings(int(ytr.size), int(ycal.size))
+    fit = fit_booster(Xtr, ytr, Xstop, ystop, Xcal, ycal, n_estimators=n_estimators,
+                      early_stopping_rounds=early_stopping_rounds,
                       params=params, seed=seed, callbacks=[cb])
     bar.update(n_estimators - fit.rounds_run)
     booster, temperature = fit.booster, fit.temperature
@@ -292,12 +381,12 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
 
     bar.set_description("evaluate")
     p_raw = booster.inplace_predict(Xte)
-    p_te = calibrate(p_raw, temperature)
+    p_te = calibrate(p_raw, temperature, fit.prior)
     pred = p_te.argmax(axis=1)
     metrics = classification_report(yte, pred)
     metrics["log_loss"] = log_loss(yte, p_te)
     metrics["log_loss_uncalibrated"] = log_loss(yte, p_raw)
-    metrics["val_log_loss"] = fit.val_log_loss
+    metrics["calibration"] = fit.calibration
     metrics["directional"] = directional_hit_rate(pred, fwd_te)
     metrics["per_symbol_accuracy"] = {d.symbol: float(np.mean(pred[sym_te == i] == yte[sym_te == i]))
                                       for i, d in enumerate(datas) if np.any(sym_te == i)}
@@ -320,10 +409,11 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
     version = registry.unique_version(raw_model, root, created)
     metadata = {
         "version": version,
-        "created_at": created.isoformat(timespec="seconds"),
+        "created_at": created.isoformat(timespec="milliseconds"),
         "feature_names": list(FEATURE_NAMES),
         "classes": list(CLASSES),
         "label": {"horizon": horizon, "k": k, "vol_period": vol_period},
+        "label_notes": label_notes,
         "features": {"warmup": WARMUP, "serving_window": SERVING_WINDOW, "n_features": len(FEATURE_NAMES)},
         "timeframe": timeframe,
         "symbols": [d.symbol for d in datas],
@@ -336,6 +426,8 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
         "test_window": window("test"),
         "n_train": int(ytr.size), "n_val": int(yva.size), "n_test": int(yte.size),
         "temperature": temperature,
+        "calibration_prior": fit.prior.tolist(),
+        "warnings": warnings,
         "xgboost": {"version": xgb.__version__, "params": fit.params, "best_iteration": fit.best_iteration,
                     "n_trees_rounds": fit.best_iteration + 1, "rounds_run": fit.rounds_run},
         "metrics": metrics,
@@ -356,6 +448,21 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
     return vdir
 
 
+def calibration_line(cal: dict[str, Any]) -> str:
+    """One line saying what the model serves - raw, calibrated or prior probabilities - and why."""
+    scores = cal.get("log_loss") or {"raw": cal["log_loss_raw"], "calibrated": cal["log_loss_calibrated"]}
+    names = {"raw": "raw", "calibrated": f"calibrated (T {cal['fitted_temperature']:.3f}, cross-fitted)",
+             "prior": "prior"}
+    check = (f"held-out log-loss on {cal['rows']} calibration rows: "
+             + ", ".join(f"{names[k]} {v:.4f}" for k, v in scores.items()))
+    choice = cal.get("choice", "calibrated" if cal["kept"] else "raw")
+    what = {"raw": "not kept, the trees' raw probabilities are served",
+            "calibrated": f"kept, temperature {cal['temperature']:.3f} towards the training prior",
+            "prior": "the trees do not beat the class frequencies on rows they never saw: the training prior "
+                     "is served (a model with no skill)"}[choice]
+    return f"calibration: {what} ({check})"
+
+
 def _f(x: Any, nd: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
@@ -367,11 +474,14 @@ def format_report(m: dict[str, Any]) -> str:
     t_end = max((v[1] for v in tw.values()), default=None)
     lab = m["label"]
     lines = [
-        f"model {m['version']}  ({m['timeframe']}, {len(m['symbols'])} symbols: {','.join(m['symbols'])})",
+        f"model {m['version']}  ({m['timeframe']}, {len(m['symbols'])} symbol{'s' * (len(m['symbols']) != 1)}: "
+        f"{','.join(m['symbols'])})",
         f"label: {lab['horizon']}-candle forward return vs {lab['k']} x vol({lab['vol_period']}) x sqrt(h)",
         f"rows: train {m['n_train']}  val {m['n_val']}  test {m['n_test']}  (purge {m['split']['purge_candles']} "
         f"candles; test {iso_minute(t_start)} .. {iso_minute(t_end)} UTC)",
-        f"trees: {m['xgboost']['n_trees_rounds']} rounds (early-stopped), temperature {m['temperature']:.3f}",
+        f"trees: {m['xgboost']['n_trees_rounds']} round{'s' * (m['xgboost']['n_trees_rounds'] != 1)} "
+        f"(early-stopped on the first half of validation)",
+        calibration_line(m["metrics"]["calibration"]),
         "",
         f"{'out-of-sample (test)':<32}{'accuracy':>9}{'log-loss':>10}  dir.hit-rate",
         f"{'  model':<32}{_f(met['accuracy']):>9}{_f(met['log_loss']):>10}  "
@@ -389,4 +499,6 @@ def format_report(m: dict[str, Any]) -> str:
                  f"{_f(met['log_loss_uncalibrated'])}; trained in {m['train_seconds']} s")
     if m.get("skipped_symbols"):
         lines.append(f"skipped: {m['skipped_symbols']}")
+    lines += [f"label: {note}" for note in m.get("label_notes", [])]
+    lines += [f"WARNING: {w}" for w in m.get("warnings", [])]
     return "\n".join(lines) + "\n"

@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from serve_app.training.train import (SymbolData, Split, _stack, baseline_metrics, build_symbol,
-                          classification_report, directional_hit_rate, fit_booster, log_loss)
+                                      classification_report, directional_hit_rate, fit_booster, log_loss,
+                                      size_warnings)
 from serve_app.core.features import ATR_PCT
 from serve_app.core.labels import CLASSES, DEFAULT_HORIZON, DEFAULT_K, DEFAULT_VOL_PERIOD
 from serve_app.core.timeutil import iso_minute
@@ -55,6 +56,9 @@ class OutOfSample:
     y: np.ndarray
     proba: np.ndarray  # (n, 3) calibrated, CLASSES order
     atr_pct: np.ndarray  # the feature the service sizes and stops with
+    # the naive forecasts each row is compared with, fitted on the same fold's training window:
+    prior_proba: np.ndarray | None = None      # the class frequencies
+    momentum_proba: np.ndarray | None = None   # the class frequencies given the sign of the last-horizon return
 
 
 @dataclass
@@ -169,6 +173,16 @@ def _segment(d: SymbolData, label_end: np.ndarray, valid: np.ndarray, times: np.
     return np.flatnonzero(m)
 
 
+def momentum_forecast(y_train: np.ndarray, mom_train: np.ndarray, mom: np.ndarray) -> np.ndarray:
+    """A naive probabilistic forecast: the training window's class frequencies among rows whose last-horizon
+    return had the same sign (up vs not up), one count added to every class."""
+    out = np.empty((mom.size, len(CLASSES)))
+    for up in (True, False):
+        counts = np.bincount(y_train[(mom_train > 0) == up], minlength=len(CLASSES)).astype(np.float64) + 1.0
+        out[(mom > 0) == up] = counts / counts.sum()
+    return out
+
+
 # --- the evaluation --------------------------------------------------------------------------------
 def walk_forward(candles: Sequence[Any], horizon: int = DEFAULT_HORIZON, k: float = DEFAULT_K,
                  vol_period: int = DEFAULT_VOL_PERIOD, folds: int = 5,
@@ -211,26 +225,33 @@ def walk_forward(candles: Sequence[Any], horizon: int = DEFAULT_HORIZON, k: floa
 
     fold_reports: list[dict[str, Any]] = []
     parts: dict[str, list[np.ndarray]] = {key: [] for key in ("symbol", "candle", "open_time", "fold", "y",
-                                                              "proba", "atr_pct", "fwd")}
+                                                              "proba", "atr_pct", "fwd", "prior_proba",
+                                                              "momentum_proba")}
+    fold_rows: list[tuple[int, int]] = []   # (fit, calibration) rows of each fold
     bar = tqdm(plan, desc="walk-forward", unit="fold", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for fold in bar:
         for d, v, e in zip(datas, valids, label_ends):
             d.split = Split(train=_segment(d, e, v, times, fold.fit, fold.val[0]),
                             val=_segment(d, e, v, times, fold.val, fold.test[0]),
                             test=_segment(d, e, v, times, fold.test, None))
-        Xtr, ytr, _, _, _ = _stack(datas, "train")
-        Xva, yva, _, _, _ = _stack(datas, "val")
+        Xtr, ytr, mom_tr, _, _ = _stack(datas, "train")
+        Xstop, ystop, _, _, _ = _stack(datas, "stop")
+        Xcal, ycal, _, _, _ = _stack(datas, "calib")
         Xte, yte, mom_te, fwd_te, sym_te = _stack(datas, "test")
-        if min(ytr.size, yva.size, yte.size) == 0:
-            raise ValueError(f"fold {fold.index}: empty segment (fit {ytr.size}, val {yva.size}, test {yte.size} rows)")
-        fit = fit_booster(Xtr, ytr, Xva, yva, n_estimators=n_estimators,
+        if min(ytr.size, ystop.size, ycal.size, yte.size) == 0:
+            raise ValueError(f"fold {fold.index}: empty segment (fit {ytr.size}, validation {ystop.size} + "
+                             f"{ycal.size}, test {yte.size} rows)")
+        fit = fit_booster(Xtr, ytr, Xstop, ystop, Xcal, ycal, n_estimators=n_estimators,
                           early_stopping_rounds=early_stopping_rounds, params=params, seed=seed)
-        proba = calibrate(fit.booster.inplace_predict(Xte), fit.temperature)
+        fold_rows.append((int(ytr.size), int(ycal.size)))
+        proba = calibrate(fit.booster.inplace_predict(Xte), fit.temperature, fit.prior)
         report = {
             "fold": fold.index,
             "windows_utc": {name: [iso_minute(times[a]), iso_minute(times[b - 1])]
                             for name, (a, b) in (("fit", fold.fit), ("val", fold.val), ("test", fold.test))},
-            "n_fit": int(ytr.size), "n_val": int(yva.size), "n_test": int(yte.size),
+            "n_fit": int(ytr.size), "n_val": int(ystop.size + ycal.size), "n_calibration": int(ycal.size),
+            "n_test": int(yte.size), "calibration_kept": fit.calibration["kept"],
+            "calibration_choice": fit.calibration["choice"],
             "trees": fit.best_iteration + 1, "temperature": fit.temperature,
             "metrics": score(yte, proba, fwd_te),
             "baselines": baseline_metrics(ytr, yte, mom_te, fwd_te, horizon),
@@ -247,6 +268,8 @@ def walk_forward(candles: Sequence[Any], horizon: int = DEFAULT_HORIZON, k: floa
         parts["proba"].append(proba)
         parts["atr_pct"].append(Xte[:, ATR_PCT])
         parts["fwd"].append(fwd_te)
+        parts["prior_proba"].append(np.tile(fit.prior, (yte.size, 1)))
+        parts["momentum_proba"].append(momentum_forecast(ytr, mom_tr, mom_te))
     bar.close()
 
     cat = {key: np.concatenate(v) for key, v in parts.items()}
@@ -260,7 +283,9 @@ def walk_forward(candles: Sequence[Any], horizon: int = DEFAULT_HORIZON, k: floa
               "test_candles": plan[0].test[1] - plan[0].test[0], "purge": purge, "val_fraction": val_fraction,
               "n_estimators": n_estimators, "early_stopping_rounds": early_stopping_rounds, "seed": seed,
               "shuffled_labels": shuffle_labels is not None, "grid_candles": int(times.size),
+              "warnings": size_warnings([f for f, _ in fold_rows], [c for _, c in fold_rows]),
               "oos_window_utc": [iso_minute(times[plan[0].test[0]]), iso_minute(times[plan[-1].test[1] - 1])]}
     oos = OutOfSample(symbol=cat["symbol"], candle=cat["candle"], open_time=cat["open_time"], fold=cat["fold"],
-                      y=cat["y"], proba=cat["proba"], atr_pct=cat["atr_pct"])
+                      y=cat["y"], proba=cat["proba"], atr_pct=cat["atr_pct"], prior_proba=cat["prior_proba"],
+                      momentum_proba=cat["momentum_proba"])
     return WalkForwardResult([d.symbol for d in datas], config, fold_reports, pooled, oos)

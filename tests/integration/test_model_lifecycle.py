@@ -20,6 +20,8 @@ from tests.polling import wait_for
 pytestmark = pytest.mark.integration
 
 REQUEST = {"symbol": "SOL", "price": 100.0}
+# what is under test is the switch, not the promotion gate (tests/unit/test_lifecycle.py): forced past it
+FORCED = ("--force", "--reason", "test: switching without downtime, not the gate, is under test")
 
 
 def run_models(*argv: str) -> int:
@@ -99,7 +101,7 @@ def test_promote_then_rollback_without_downtime(signal_app, monkeypatch):
     client.start()
     try:
         client.wait_for(old)
-        assert run_models("promote", new, "--address", dashboard, "--require-deploy") == 0
+        assert run_models("promote", new, "--address", dashboard, "--require-deploy", *FORCED) == 0
         promoted = time.monotonic()
         client.wait_for(new)
         client.wait_for_more(5)  # a few more requests on the new model
@@ -162,7 +164,7 @@ def test_promote_that_the_app_does_not_take_restores_the_previous_config(signal_
     monkeypatch.setenv("MODEL_DIR", str(root))
     monkeypatch.setattr(cluster, "deploy", deploy_and_record)
     monkeypatch.setattr(lifecycle, "_wait_model_applied", never_healthy)
-    assert run_models("promote", new, "--address", dashboard, "--require-deploy") == 2
+    assert run_models("promote", new, "--address", dashboard, "--require-deploy", *FORCED) == 2
     assert put == [new, ml_model_version(before["signals"])]       # the new config, then the previous one
     after = declarative(dashboard)
     for name in ("signals", "nodb"):

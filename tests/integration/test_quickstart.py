@@ -156,13 +156,17 @@ def test_token_created_owner_only_and_never_logged(quickstart: QuickStart) -> No
 
 def test_promote_and_rollback_against_make_run(quickstart: QuickStart) -> None:
     first = quickstart.signal(SEED_REQUESTS[0])["model_version"]
-    trained = quickstart.run(".venv/bin/signalgen", "train", "--no-set-current", "--n-estimators", "40", "--quiet")
+    trained = quickstart.run(".venv/bin/signalgen", "train", "--n-estimators", "40", "--quiet")
     assert trained.returncode == 0, trained.stdout + trained.stderr
     listed = quickstart.run(".venv/bin/signalgen", "models", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     versions = [v["version"] for v in json.loads(listed.stdout)["versions"]]
     second = next(v for v in versions if v != first)
 
+    refused = quickstart.run(".venv/bin/signalgen", "models", "promote", second, "--require-deploy")
+    assert refused.returncode == 2 and "no evaluation with a verdict" in refused.stderr, refused.stderr
+    evaluated = quickstart.run(".venv/bin/signalgen", "evaluate", "--model-version", second, "--quiet")
+    assert evaluated.returncode == 0 and "verdict: EDGE" in evaluated.stdout, evaluated.stdout + evaluated.stderr
     promoted = quickstart.run(".venv/bin/signalgen", "models", "promote", second, "--require-deploy")
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     assert quickstart.signal(SEED_REQUESTS[0])["model_version"] == second

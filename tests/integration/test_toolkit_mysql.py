@@ -17,6 +17,7 @@ from tests.store_contract import make_signal
 pytestmark = pytest.mark.mysql
 
 SYMBOLS = ("BTC", "ETH")
+CANDLES = 4320  # 180 days: enough rows for two symbols' walk-forward folds to show the sample's planted edge
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def export_sample(tmp_path: Path) -> dict[str, Path]:
     from serve_app.store import open_store
 
     with open_store(Settings.from_env({"SIGNAL_DB_PATH": str(tmp_path / "sample.sqlite")})) as sample:
-        seed_store(sample, symbols=SYMBOLS)
+        seed_store(sample, symbols=SYMBOLS, n=CANDLES)
         files = {}
         for symbol in SYMBOLS:
             files[symbol] = path = tmp_path / f"{symbol}.csv"
@@ -55,7 +56,7 @@ def test_import_train_evaluate_promote_report_on_mariadb(mysql_env: Path, mysql_
         assert main(["import", "candles", str(path), "--symbol", symbol]) == 0
         assert main(["import", "candles", str(path), "--symbol", symbol]) == 0  # idempotent
     assert mysql_store.list_symbols("1h") == list(SYMBOLS)
-    assert len(mysql_store.load_candles("BTC", "1h")) == 2160
+    assert len(mysql_store.load_candles("BTC", "1h")) == CANDLES
     news = tmp / "news.csv"
     news.write_text("published_at,symbol,source,score,headline\n"
                     "2026-01-02T10:00:00Z,BTC,wire,0.4,ETF inflows\n"
@@ -63,21 +64,28 @@ def test_import_train_evaluate_promote_report_on_mariadb(mysql_env: Path, mysql_
     assert main(["import", "news", str(news)]) == 0
     assert len(mysql_store.load_news(0)) == 2
 
-    assert main(["train", "--quiet", "--n-estimators", "30"]) == 0
-    assert main(["train", "--quiet", "--n-estimators", "20", "--no-set-current"]) == 0
-    out = tmp / "eval"
-    assert main(["evaluate", "--quiet", "--folds", "2", "--n-estimators", "20", "--out", str(out)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert {"calibration.png", "confusion.png", "equity.png", "report.md"} <= {p.name for p in out.iterdir()}
-    assert metrics["symbols"] == list(SYMBOLS) and len(metrics["folds"]) == 2
-    assert metrics["pooled"]["n_test"] > 0 and 0 <= metrics["pooled"]["accuracy"] <= 1
-
+    assert main(["train", "--if-missing", "--quiet", "--n-estimators", "30"]) == 0
+    assert main(["train", "--quiet", "--n-estimators", "60"]) == 0
     capsys.readouterr()
     assert main(["models", "list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     first, second = (v["version"] for v in listing["versions"])
     assert listing["current"] == first
-    assert next(v for v in listing["versions"] if v["version"] == first)["evaluation"], "evaluate attached it"
+    assert main(["models", "promote", second, "--no-deploy"]) == 2   # the gate: not evaluated yet
+    out = tmp / "eval"
+    assert main(["evaluate", "--quiet", "--folds", "2", "--model-version", second,
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"calibration.png", "confusion.png", "equity.png", "report.md"} <= {p.name for p in out.iterdir()}
+    assert metrics["symbols"] == list(SYMBOLS) and len(metrics["folds"]) == 2
+    assert metrics["pooled"]["n_test"] > 0 and 0 <= metrics["pooled"]["accuracy"] <= 1
+    # the sample's planted structure is an edge; the serving version was compared on the same rows
+    assert metrics["verdict"]["verdict"] == "edge" and metrics["verdict"]["vs_serving"]["version"] == first
+
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert next(v for v in listing["versions"] if v["version"] == second)["evaluation"], "evaluate attached it"
     assert main(["models", "promote", second, "--no-deploy"]) == 0
     assert main(["models", "rollback", "--no-deploy"]) == 0
     capsys.readouterr()

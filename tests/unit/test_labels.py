@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from serve_app.core.labels import CLASSES, DOWN, FLAT, UNDEFINED, UP, make_labels
+from serve_app.core.features import realized_vol
+from serve_app.core.labels import (CLASSES, DEFAULT_K, DOWN, FLAT, UNDEFINED, UP, derive_label_spec, make_labels,
+                                   round_trip_cost)
 from serve_app.data.sample import sample_candles
 
 
@@ -96,3 +98,47 @@ def test_bad_arguments():
     for kw in ({"horizon": 0}, {"k": -1.0}, {"vol_period": 1}):
         with pytest.raises(ValueError):
             make_labels(c, **kw)
+
+
+# --- the label spec follows the timeframe and the costs -------------------------------------------------
+def _walk(n: int, sigma: float, seed: int = 0) -> np.ndarray:
+    return 100 * np.exp(np.cumsum(np.random.default_rng(seed).normal(0, sigma, n)))
+
+
+@pytest.mark.parametrize("timeframe_ms, sigma, horizon", [
+    (3_600_000, 0.01, 4),        # hourly, 1 % a candle: 0.5 x 1 % x sqrt(4) = 1 % > 0.3 % round trip
+    (60_000, 0.0005, 240),       # one-minute, 0.05 %: 0.5 x 0.05 % x sqrt(240) = 0.39 % > 0.3 %
+    (86_400_000, 0.03, 1),       # daily: 4 hours is less than a candle, so one candle
+])
+def test_the_horizon_is_four_hours_of_candles_when_a_move_pays_the_round_trip(timeframe_ms, sigma, horizon):
+    spec, notes = derive_label_spec(timeframe_ms, [_walk(3000, sigma)], cost=round_trip_cost(10, 5))
+    assert spec == {"horizon": horizon, "k": DEFAULT_K, "vol_period": max(48, 12 * horizon)}
+    assert notes == []
+
+
+def test_the_horizon_grows_until_a_labelled_move_pays_the_round_trip():
+    # one-minute candles moving 0.01 %: at 240 candles a labelled move is 0.5 x 0.01 % x 15.5 = 0.077 %
+    spec, notes = derive_label_spec(60_000, [_walk(20_000, 0.0001)], cost=0.003)
+    sigma = float(np.nanmedian(realized_vol(_walk(20_000, 0.0001), 48)))
+    assert 240 < spec["horizon"] <= 240 * 16
+    assert DEFAULT_K * sigma * math.sqrt(spec["horizon"]) > 0.003       # it pays now ...
+    assert DEFAULT_K * sigma * math.sqrt(spec["horizon"] * 4 / 5) <= 0.003  # ... and did not a step before
+    assert spec["vol_period"] == 12 * spec["horizon"]
+    assert len(notes) == 1 and notes[0].startswith(f"horizon {spec['horizon']} candles instead of 240 (4 h)")
+
+
+def test_the_tool_says_so_when_no_horizon_pays_the_round_trip():
+    spec, notes = derive_label_spec(60_000, [_walk(5000, 0.00001)], cost=0.003)
+    assert spec["horizon"] == 240 * 16
+    assert any("still below the round trip (0.30%)" in n and "use a longer one" in n for n in notes)
+
+
+def test_too_few_candles_keep_the_time_default_and_say_why():
+    spec, notes = derive_label_spec(3_600_000, [_walk(30, 0.01)])
+    assert spec["horizon"] == 4 and notes == ["not enough candles to measure the volatility: the horizon is 4 "
+                                              "candles (4 h)"]
+
+
+def test_round_trip_cost_is_two_fills_of_fee_and_slippage():
+    assert round_trip_cost(10, 5) == pytest.approx(0.003)
+    assert round_trip_cost(0, 0) == 0.0

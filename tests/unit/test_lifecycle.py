@@ -29,6 +29,10 @@ EVALUATION = {"summary": {"walk_forward": {"accuracy": 0.41, "mcc": 0.07, "folds
               "folds": [{"accuracy": 0.4}, {"accuracy": 0.42}]}
 
 
+# the gate is tested on its own below; elsewhere these versions have no evaluation and are forced past it
+FORCED = ("--force", "--reason", "test: the promotion gate is not under test here")
+
+
 def run_models(*argv: str) -> int:
     ap = argparse.ArgumentParser()
     models_cli.register(ap.add_subparsers(required=True))
@@ -112,7 +116,7 @@ def test_promote_refuses_a_different_feature_list(make_version, capsys):
     names = list(FEATURE_NAMES)
     names[2] = "funding_rate"
     bad = make_version(feature_names=names)
-    assert run_models("promote", bad, "--model-dir", str(make_version.root), "--no-deploy") == 2
+    assert run_models("promote", bad, "--model-dir", str(make_version.root), "--no-deploy", *FORCED) == 2
     err = capsys.readouterr().err
     assert bad in err and "feature names do not match" in err
     assert f"missing [{FEATURE_NAMES[2]!r}]" in err and "unexpected ['funding_rate']" in err
@@ -121,7 +125,7 @@ def test_promote_refuses_a_different_feature_list(make_version, capsys):
 
 def test_promote_refuses_different_classes(make_version, capsys):
     bad = make_version(classes=list(reversed(CLASSES)))
-    assert run_models("promote", bad, "--model-dir", str(make_version.root), "--no-deploy") == 2
+    assert run_models("promote", bad, "--model-dir", str(make_version.root), "--no-deploy", *FORCED) == 2
     err = capsys.readouterr().err
     assert f"classes {list(reversed(CLASSES))} != {list(CLASSES)}" in err
     assert registry.current_version(make_version.root) is None
@@ -135,7 +139,7 @@ def test_promote_refuses_a_corrupt_artifact(make_version, capsys):
     meta = registry.read_metadata(vdir)
     meta["model_sha256"] = hashlib.sha256(garbage).hexdigest()  # the checksum matches the garbage
     (vdir / "metadata.json").write_text(json.dumps(meta))
-    assert run_models("promote", bad, "--model-dir", str(make_version.root), "--no-deploy") == 2
+    assert run_models("promote", bad, "--model-dir", str(make_version.root), "--no-deploy", *FORCED) == 2
     err = capsys.readouterr().err
     assert f"{vdir / 'model.ubj'}: corrupt XGBoost model" in err
     assert registry.current_version(make_version.root) is None
@@ -144,7 +148,7 @@ def test_promote_refuses_a_corrupt_artifact(make_version, capsys):
 def test_promote_unknown_version(make_version, capsys):
     make_version()
     assert run_models("promote", "v19990101-000000-nothere", "--model-dir", str(make_version.root),
-                      "--no-deploy") == 2
+                      "--no-deploy", *FORCED) == 2
     assert "v19990101-000000-nothere" in capsys.readouterr().err
 
 
@@ -156,8 +160,8 @@ def test_history_and_rollback(make_version, capsys):
     assert run_models("rollback", "--model-dir", root, "--no-deploy") == 2
     assert "nothing to roll back to" in capsys.readouterr().err
 
-    assert run_models("promote", v2, "--model-dir", root, "--no-deploy") == 0
-    assert run_models("promote", "latest", "--model-dir", root, "--no-deploy") == 0  # = v3
+    assert run_models("promote", v2, "--model-dir", root, "--no-deploy", *FORCED) == 0
+    assert run_models("promote", "latest", "--model-dir", root, "--no-deploy", *FORCED) == 0  # = v3
     assert registry.current_version(root) == v3
     history = registry.read_history(root)
     assert [(h["action"], h["version"], h["previous"]) for h in history] == [("promote", v2, v1),
@@ -174,7 +178,7 @@ def test_history_and_rollback(make_version, capsys):
     assert [(h["action"], h["version"]) for h in registry.read_history(root)][2:] == [("rollback", v2),
                                                                                        ("rollback", v1)]
     # promoting the current version again records nothing
-    assert run_models("promote", v1, "--model-dir", root, "--no-deploy") == 0
+    assert run_models("promote", v1, "--model-dir", root, "--no-deploy", *FORCED) == 0
     assert len(registry.read_history(root)) == 4
 
 
@@ -182,7 +186,7 @@ def test_rollback_after_current_was_switched_outside_promote(make_version):
     root = make_version.root
     v1, v2, v3 = make_version(), make_version(), make_version()
     registry.set_current(v1, root)
-    assert run_models("promote", v2, "--model-dir", str(root), "--no-deploy") == 0
+    assert run_models("promote", v2, "--model-dir", str(root), "--no-deploy", *FORCED) == 0
     registry.set_current(v3, root)  # e.g. `signalgen train` with set_current
     assert registry.rollback_target(root) == v2
     assert run_models("rollback", "--model-dir", str(root), "--no-deploy") == 0
@@ -193,7 +197,7 @@ def test_rollback_refuses_a_removed_version(make_version, capsys):
     root = make_version.root
     v1, v2 = make_version(), make_version()
     registry.set_current(v1, root)
-    assert run_models("promote", v2, "--model-dir", str(root), "--no-deploy") == 0
+    assert run_models("promote", v2, "--model-dir", str(root), "--no-deploy", *FORCED) == 0
     shutil.rmtree(root / v1)
     assert run_models("rollback", "--model-dir", str(root), "--no-deploy") == 2
     assert v1 in capsys.readouterr().err and registry.current_version(root) == v2
@@ -212,11 +216,11 @@ def test_promote_without_a_cluster_updates_the_registry_and_says_so(make_version
     v1, v2 = make_version(), make_version()
     registry.set_current(v1, root)
     nobody = f"http://127.0.0.1:{free_port()}"
-    assert run_models("promote", v2, "--model-dir", root, "--address", nobody, "--require-deploy") == 2
+    assert run_models("promote", v2, "--model-dir", root, "--address", nobody, "--require-deploy", *FORCED) == 2
     assert f"no Ray dashboard answers at {nobody}" in capsys.readouterr().err
     assert registry.current_version(root) == v1  # --require-deploy: nothing changed
 
-    assert run_models("promote", v2, "--model-dir", root, "--address", nobody) == 0
+    assert run_models("promote", v2, "--model-dir", root, "--address", nobody, *FORCED) == 0
     out = capsys.readouterr().out
     assert "no running app was updated" in out and nobody in out
     assert registry.current_version(root) == v2
@@ -228,7 +232,8 @@ def test_config_text_edit_keeps_comments_and_changes_only_model_version(make_ver
     cfg = tmp_path / "serve_config.yaml"
     shutil.copy(CONFIG, cfg)
     original = cfg.read_text()
-    assert run_models("promote", v, "--model-dir", str(make_version.root), "--no-deploy", "--config", str(cfg)) == 0
+    assert run_models("promote", v, "--model-dir", str(make_version.root), "--no-deploy", "--config", str(cfg),
+                      *FORCED) == 0
     edited = cfg.read_text()
     changed = [(a, b) for a, b in zip(original.splitlines(), edited.splitlines()) if a != b]
     assert len(original.splitlines()) == len(edited.splitlines())
@@ -363,3 +368,81 @@ def test_deploy_with_no_signal_app_is_no_running_app(monkeypatch):
     _dashboard(monkeypatch, details)
     with pytest.raises(lifecycle.NoRunningApp, match="no application built from serve_app.app:build_app"):
         lifecycle.deploy_model_version("http://dash", "v2", Path("/srv/models"), 5, log=lambda m: None)
+
+
+# --- the promotion gate ----------------------------------------------------------------------------
+def _evaluated(make_version, verdict: str, vs_serving: dict | None = None, **meta) -> str:
+    v = make_version(**meta)
+    record = {"verdict": {"verdict": verdict, "rows": 1000, "level": 0.95, "best_baseline": "prior",
+                          "log_loss": {"model": 1.05, "prior": 1.09, "momentum": 1.10},
+                          "vs_prior": {"difference": -0.04, "low": -0.05, "high": -0.03},
+                          "vs_best_baseline": {"difference": -0.04, "low": -0.05, "high": -0.03},
+                          "vs_serving": vs_serving}}
+    registry.attach_file(v, "evaluation.json", json.dumps(record), root=make_version.root)
+    return v
+
+
+def test_gate_refuses_a_version_without_a_verdict(make_version, capsys):
+    v = make_version()
+    assert run_models("promote", v, "--model-dir", str(make_version.root), "--no-deploy") == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "no evaluation with a verdict" in err and f"signalgen evaluate --model-version {v}" in err
+    assert registry.current_version(make_version.root) is None and registry.read_history(make_version.root) == []
+
+
+def test_gate_refuses_no_edge_and_says_so(make_version, capsys):
+    v = _evaluated(make_version, "no edge")
+    assert run_models("promote", v, "--model-dir", str(make_version.root), "--no-deploy") == 2
+    assert "its evaluation found NO EDGE" in capsys.readouterr().err
+    assert registry.current_version(make_version.root) is None
+
+
+def test_gate_refuses_worse_than_the_serving_model(make_version, capsys):
+    root = make_version.root
+    serving = make_version()
+    registry.set_current(serving, root)
+    worse = _evaluated(make_version, "edge", {"version": serving, "comparable": True, "log_loss": 1.04,
+                                               "difference": 0.01, "low": 0.002, "high": 0.02})
+    assert run_models("promote", worse, "--model-dir", str(root), "--no-deploy") == 2
+    assert f"worse than the serving model {serving}" in capsys.readouterr().err
+    stale = _evaluated(make_version, "edge", {"version": "v-someone-else", "comparable": True, "log_loss": 1.1,
+                                               "difference": -0.05, "low": -0.06, "high": -0.04})
+    assert run_models("promote", stale, "--model-dir", str(root), "--no-deploy") == 2
+    assert f"not evaluated against the serving model {serving}" in capsys.readouterr().err
+    assert registry.current_version(root) == serving
+
+
+def test_gate_lets_an_edge_that_beats_the_serving_model_through(make_version):
+    root = make_version.root
+    serving = make_version()
+    registry.set_current(serving, root)
+    better = _evaluated(make_version, "edge", {"version": serving, "comparable": True, "log_loss": 1.08,
+                                                "difference": -0.03, "low": -0.04, "high": -0.02})
+    assert run_models("promote", better, "--model-dir", str(root), "--no-deploy") == 0
+    assert registry.current_version(root) == better
+    entry = registry.read_history(root)[-1]
+    assert entry["action"] == "promote" and "forced" not in entry
+
+
+def test_force_records_who_when_and_why(make_version, capsys):
+    root = make_version.root
+    v = _evaluated(make_version, "no edge")
+    assert run_models("promote", v, "--model-dir", str(root), "--no-deploy", "--force") == 2
+    assert "--force needs --reason" in capsys.readouterr().err
+    assert run_models("promote", v, "--model-dir", str(root), "--no-deploy", "--force", "--reason",
+                      "desk wants the new symbols live") == 0
+    assert "FORCED past the promotion gate" in capsys.readouterr().out
+    entry = registry.read_history(root)[-1]
+    assert entry["version"] == v and entry["forced"] is True and entry["reason"] == "desk wants the new symbols live"
+    assert entry["by"] and entry["at"] and any("NO EDGE" in g for g in entry["gate"])
+
+
+def test_a_model_for_another_timeframe_is_refused_even_forced(make_version, tmp_path, capsys):
+    v = _evaluated(make_version, "edge", timeframe="1m")
+    cfg = tmp_path / "serve_config.yaml"
+    cfg.write_text(CONFIG.read_text())                 # serves timeframe 1h
+    assert run_models("promote", v, "--model-dir", str(make_version.root), "--no-deploy", "--config", str(cfg),
+                      *FORCED) == 2
+    err = capsys.readouterr().err
+    assert f"{v} predicts 1m candles" in err and "signals (1h)" in err
+    assert registry.current_version(make_version.root) is None and cfg.read_text() == CONFIG.read_text()

@@ -68,3 +68,17 @@ def test_unknown_symbol():
     snap, _ = _snapshot(cfg)
     (ctx,) = compute_contexts(["NOPE"], [1.0], [NOW], snap, cfg)
     assert isinstance(ctx, StageError) and ctx.code == "unknown_symbol" and "NOPE" in ctx.message
+
+
+def test_the_threshold_of_a_window_from_vols_computed_once_is_the_same():
+    """The backtest computes each symbol's rolling volatility once and takes the percentile over each
+    candle's window: exactly what rolling_vol_threshold of that window's closes gives."""
+    from serve_app.core.market import realised_vols, rolling_vol_threshold, vol_threshold_in
+
+    rng = np.random.default_rng(5)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 3000)))
+    vols = realised_vols(closes, 48)
+    for first, last in ((0, 2999), (0, 40), (0, 49), (0, 50), (2000, 2999), (1500, 1999), (2950, 2999)):
+        assert vol_threshold_in(vols, first, last, 48, 0.85) == rolling_vol_threshold(closes[first:last + 1], 48,
+                                                                                      0.85)
+    assert vol_threshold_in(vols, 2960, 2999, 48, 0.85) == float("inf")   # 39 returns: not enough

@@ -11,7 +11,7 @@ import pytest
 
 from serve_app.training import registry
 from serve_app.cli import main as cli_main
-from serve_app.training.train import fit_temperature, time_split, train
+from serve_app.training.train import T_PRIOR, calibration, fit_temperature, time_split, train
 from serve_app.core.features import FEATURE_NAMES, WARMUP, compute_features
 from serve_app.core.labels import CLASSES
 from serve_app.core.model import ModelLoadError, SignalModel, calibrate
@@ -259,6 +259,14 @@ def test_cli_trains_from_configured_store(store, db_path, tmp_path, monkeypatch,
     assert "accuracy" in out and "momentum" in out
     v = registry.resolve(None, tmp_path / "cli")
     assert json.loads((v / "metadata.json").read_text())["symbols"] == ["BTC", "SOL"]
+    assert registry.current_version(tmp_path / "cli") == v.name and "CURRENT: the registry had none" in out
+
+    # a later `train` registers a version but never moves CURRENT: that is the promotion gate's job
+    assert cli_main(["train", "--symbols", "BTC", "--n-estimators", "5", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert registry.current_version(tmp_path / "cli") == v.name
+    new = registry.resolve("latest", tmp_path / "cli").name
+    assert new != v.name and f"CURRENT stays {v.name}" in out and f"signalgen models promote {new}" in out
 
 
 # --- the pipeline learns a planted signal and finds none in noise (a look-ahead / leakage guard) ------
@@ -329,9 +337,8 @@ def test_calibrate_matches_hand_computed_values():
 
 
 @pytest.mark.parametrize("hits, expected_t", [
-    (6, math.log(3) / math.log(6)),    # class 0 right 6 times in 8: 3^(1/T) = 2*0.75/0.25 = 6
-    (9, 0.5),                          # 9 in 11: 3^(1/T) = 2*(9/11)/(2/11) = 9, so T = 1/2
-    (18, math.log(3) / math.log(18)),  # 18 in 20: 3^(1/T) = 2*0.9/0.1 = 18
+    (2, math.log(3) / math.log(2)),    # class 0 right 2 times in 4: 3^(1/T) = 2*0.5/0.5 = 2
+    (1, T_PRIOR),                      # 1 in 3, as often as the others: 3^(1/T) = 1, T -> infinity (the cap)
     (3, 1.0),                          # 3 in 5: the model is already calibrated
 ])
 def test_fit_temperature_finds_the_hand_computed_optimum(hits, expected_t):
@@ -346,5 +353,77 @@ def test_fit_temperature_finds_the_hand_computed_optimum(hits, expected_t):
     assert calibrate(p[:1], t)[0, 0] == pytest.approx(f, rel=1e-3)
 
 
+@pytest.mark.parametrize("hits", [6, 9, 18])
+def test_fit_temperature_never_sharpens(hits):
+    """Class 0 right more often than the 0.6 predicted (the optimum would be T < 1): calibration only pulls
+    towards the prior, so the probabilities are left alone."""
+    y = np.array([0] * hits + [1, 2])
+    assert fit_temperature(y, np.tile([0.6, 0.2, 0.2], (y.size, 1))) == 1.0
+
+
 def test_fit_temperature_with_nothing_to_fit_is_one():
     assert fit_temperature(np.array([], dtype=np.int64), np.empty((0, 3))) == 1.0
+
+
+# --- what the model serves: raw, calibrated or prior probabilities -----------------------------------
+def _rows(top: np.ndarray, confidence: float) -> np.ndarray:
+    """Each row puts `confidence` on its class `top`, the rest shared by the other two."""
+    p = np.full((top.size, 3), (1 - confidence) / 2)
+    p[np.arange(top.size), top] = confidence
+    return p
+
+
+def test_calibration_keeps_the_raw_probabilities_of_a_calibrated_model():
+    rng = np.random.default_rng(1)
+    top = rng.integers(0, 3, 600)
+    y = np.where(rng.random(600) < 0.8, top, (top + rng.integers(1, 3, 600)) % 3)  # right 80 % of the time
+    cal = calibration(y, _rows(top, 0.8), np.full(3, 1 / 3))
+    assert cal["choice"] == "raw" and cal["temperature"] == 1.0 and not cal["kept"]
+    assert cal["log_loss"]["raw"] < cal["log_loss"]["prior"]
+
+
+def test_calibration_softens_an_overconfident_model():
+    rng = np.random.default_rng(2)
+    top = rng.integers(0, 3, 600)
+    y = np.where(rng.random(600) < 0.6, top, (top + rng.integers(1, 3, 600)) % 3)  # says 0.95, right 60 %
+    cal = calibration(y, _rows(top, 0.95), np.full(3, 1 / 3))
+    assert cal["choice"] == "calibrated" and cal["kept"]
+    assert cal["temperature"] == cal["fitted_temperature"] > 1.0
+    assert cal["log_loss"]["calibrated"] < min(cal["log_loss"]["raw"], cal["log_loss"]["prior"])
+    # the temperature it serves brings the confidence close to the 60 % it earns
+    assert calibrate(_rows(np.array([0]), 0.95), cal["temperature"], np.full(3, 1 / 3))[0, 0] == \
+        pytest.approx(0.6, abs=0.05)
+
+
+def test_calibration_serves_the_prior_when_the_trees_know_nothing():
+    rng = np.random.default_rng(3)
+    prior = np.array([0.3, 0.4, 0.3])
+    y = rng.choice(3, size=600, p=prior)                      # labels independent of the predictions
+    cal = calibration(y, _rows(rng.integers(0, 3, 600), 0.7), prior)
+    # the prior, or a temperature so high it is all but the prior (whichever scored lower on the slice)
+    assert cal["choice"] in ("prior", "calibrated") and cal["temperature"] > 10
+    assert cal["log_loss"][cal["choice"]] <= cal["log_loss"]["prior"] < cal["log_loss"]["raw"]
+    served = calibrate(_rows(np.array([0, 1, 2]), 0.7), cal["temperature"], prior)
+    np.testing.assert_allclose(served, np.tile(prior, (3, 1)), atol=0.03)
+    # labels that are exactly as frequent as the prior says, predictions that know nothing: the prior wins
+    y = np.repeat([0, 1, 1, 2], 150)
+    cal = calibration(y, _rows(np.tile([0, 1, 2], 200), 0.7), np.array([0.25, 0.5, 0.25]))
+    assert cal["choice"] == "prior" and cal["temperature"] == T_PRIOR
+
+
+def test_calibration_on_too_few_rows_has_no_calibrated_candidate():
+    cal = calibration(np.array([0, 1, 2]), _rows(np.array([0, 1, 2]), 0.9), np.full(3, 1 / 3))
+    assert set(cal["log_loss"]) == {"raw", "prior"} and cal["choice"] == "raw"
+
+
+def test_size_warnings_name_the_thresholds_and_group_the_folds():
+    from serve_app.training.train import MIN_CALIB_ROWS, MIN_TRAIN_ROWS, size_warnings
+
+    assert size_warnings(MIN_TRAIN_ROWS, MIN_CALIB_ROWS) == []
+    assert size_warnings(78, 15) == [f"trains on 78 rows (< {MIN_TRAIN_ROWS}): too few for the metrics to mean much",
+                                     f"calibrates on 15 rows (< {MIN_CALIB_ROWS}): the calibration is noisy"]
+    assert size_warnings([294] * 5, [500] * 5) == [
+        f"every fold (5) trains on 294 rows (< {MIN_TRAIN_ROWS}): too few for the metrics to mean much"]
+    assert size_warnings([900, 400, 300], [250, 250, 100]) == [
+        f"folds 1, 2 of 3 train on 300-400 rows (< {MIN_TRAIN_ROWS}): too few for the metrics to mean much",
+        f"fold 2 of 3 calibrates on 100 rows (< {MIN_CALIB_ROWS}): the calibration is noisy"]
