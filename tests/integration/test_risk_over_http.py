@@ -37,7 +37,7 @@ def always_up_registry(root: Path) -> str:
     from serve_app.store.sqlite_store import SQLiteStore
     from serve_app.training.train import train
 
-    n, step = 800, 3_600_000
+    n, step = 1_500, 3_600_000
     rng = np.random.default_rng(1)
     close = 100.0 * np.cumprod(1.003 + rng.normal(0, 0.0005, n))
     open_ = np.concatenate([[close[0] / 1.003], close[:-1]])
