@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: docs-plots hey tools run test setup venv seed-db train model stop clean help bench bench-evaluate loadtest kuberay kuberay-check
+.PHONY: docs-plots hey tools run test setup venv seed-db train model stop clean help bench bench-evaluate measure-head loadtest kuberay kuberay-check
 
 help:
 	@echo "make run      set up (venv, sample data, default model) and serve on http://127.0.0.1:8000"
@@ -26,6 +26,7 @@ help:
 	@echo "make stop     stop the local Ray cluster started by make run"
 	@echo "make bench    benchmark the graph against its floors (writes bench/results/latest.json)"
 	@echo "make bench-evaluate  time signalgen evaluate on 45,000 one-minute candles, by phase"
+	@echo "make measure-head    measure the Ray head's memory as the RayService runs it (kuberay/head-sizing.json)"
 	@echo "make loadtest hey -n 1000 -c 10 plus a 5-minute soak with memory growth (LOADTEST_ARGS=--soak-seconds 60)"
 	@echo "make kuberay  regenerate serveConfigV2 in kuberay/rayservice.yaml from configs/serve_config.yaml"
 
@@ -85,6 +86,11 @@ hey: tools
 
 bench: setup hey
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The Ray head's memory, measured the way the RayService runs it (bench/head_memory.py): writes
+# kuberay/head-sizing.json, which the manifest test checks the head's limit against.
+measure-head: setup hey
+	$(PY) -m bench.head_memory
 
 # How long `signalgen evaluate` takes on a month of one-minute candles (a random walk), by phase; writes
 # bench/results/evaluate.json.

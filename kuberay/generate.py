@@ -13,11 +13,14 @@ The copy differs from the local config by a small overlay, and only by it (see `
   proxy_location      HeadOnly  -> EveryNode  a proxy on every node that runs replicas, so the serve
                                              Service (which selects every pod with a healthy proxy)
                                              spreads traffic instead of funnelling it through the head
-  MLEngine            + ray_actor_options.resources: {ml_engine: 1}
+  MLEngine            + ray_actor_options.resources: {ml_engine: 1}, num_cpus -> 0
                                              each ML replica needs one unit of the custom resource that
-                                             only the `ml-workers` group advertises, so it lands there
-                                             (next to the model volume); the group advertises
-                                             ML_ENGINE_PER_POD units per pod
+                                             only the `ml-workers` group advertises, so it lands there;
+                                             the group advertises ML_ENGINE_PER_POD unit per pod and no
+                                             logical CPU (num-cpus "0"), so no CPU stage — which Serve
+                                             would otherwise spread onto it — can take an ML pod's room,
+                                             and each ML replica has its pod's CPU to itself (XGBoost
+                                             runs with nthread=1)
 
     python kuberay/generate.py           # rewrite the block in kuberay/rayservice.yaml
     python kuberay/generate.py --check   # exit 1 (and say so) when the manifest is stale
@@ -42,9 +45,10 @@ PROXY_LOCATION = "EveryNode"
 ML_DEPLOYMENT = "MLEngine"
 ML_RESOURCE = "ml_engine"
 ML_RESOURCE_PER_REPLICA = 1
+ML_NUM_CPUS = 0
 # What one pod of the ml-workers group advertises (rayStartParams.resources in rayservice.yaml; a test
-# checks that the group's capacity covers MLEngine's max_replicas).
-ML_ENGINE_PER_POD = 2
+# checks that the group's capacity, maxReplicas x this, covers MLEngine's max_replicas).
+ML_ENGINE_PER_POD = 1
 
 BEGIN = "# BEGIN GENERATED serveConfigV2"
 END = "# END GENERATED serveConfigV2"
@@ -64,6 +68,7 @@ def cluster_serve_config(config: dict[str, Any]) -> dict[str, Any]:
                 resources = dict(options.get("resources") or {})
                 resources[ML_RESOURCE] = ML_RESOURCE_PER_REPLICA
                 options["resources"] = resources
+                options["num_cpus"] = ML_NUM_CPUS
                 found += 1
     if not found:
         raise ValueError(f"no deployment named {ML_DEPLOYMENT} in the serve config: nothing to pin to the ML group")

@@ -11,6 +11,9 @@ import functools
 import importlib.util
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,67 +53,42 @@ def manifest_files(directory: Path = KUBERAY) -> list[Path]:
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "PersistentVolume", "StorageClass", "PriorityClass", "IngressClass",
                   "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
-_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "labels", "resources", "configMapGenerator", "images"}
+SETUP = KUBERAY / "setup"
+
+
+class KustomizeUnavailable(RuntimeError):
+    """Neither kubectl nor kustomize is installed (`make test` installs Debian's kubectl)."""
 
 
 def kustomization(directory: Path = KUBERAY) -> dict:
     return yaml.load((directory / "kustomization.yaml").read_text(encoding="utf-8"), Loader=_Loader)
 
 
-def render_kustomization(directory: Path = KUBERAY) -> list[dict]:
-    """What `kubectl kustomize <directory>` produces, for the subset of kustomize this repository uses
-    (file resources, namespace, metadata-only labels, configMapGenerator from files without hash suffix,
-    images). Anything else in the kustomization raises, so the renderer never ignores a feature silently."""
-    k = kustomization(directory)
-    unknown = set(k) - _KUSTOMIZATION_KEYS
-    if unknown:
-        raise NotImplementedError(f"kustomization fields this renderer does not implement: {sorted(unknown)}")
-    objects: list[dict] = []
-    for res in k.get("resources", []):
-        path = directory / res
-        if not path.is_file():
-            raise NotImplementedError(f"resource {res!r} is not a file (directories/remote bases unsupported)")
-        objects += load_documents(path)
-    for gen in k.get("configMapGenerator", []):
-        options = gen.get("options", {})
-        if not options.get("disableNameSuffixHash"):
-            raise NotImplementedError("configMapGenerator without disableNameSuffixHash: true")
-        if set(gen) - {"name", "files", "options"} or set(options) - {"disableNameSuffixHash", "labels"}:
-            raise NotImplementedError(f"configMapGenerator fields beyond name/files/options.labels: {gen}")
-        data = {}
-        for f in gen.get("files", []):
-            key, _, src = f.partition("=") if "=" in f else (Path(f).name, "", f)
-            data[key] = (directory / src).read_text(encoding="utf-8")
-        meta: dict[str, Any] = {"name": gen["name"]}
-        if options.get("labels"):
-            meta["labels"] = dict(options["labels"])
-        objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data})
-    for entry in k.get("labels", []):
-        if entry.get("includeSelectors") or entry.get("includeTemplates") or set(entry) - {
-                "pairs", "includeSelectors", "includeTemplates"}:
-            raise NotImplementedError(f"labels entry beyond metadata-only pairs: {entry}")
-        for obj in objects:
-            obj.setdefault("metadata", {}).setdefault("labels", {}).update(entry["pairs"])
-    if k.get("namespace"):
-        for obj in objects:
-            if obj["kind"] not in CLUSTER_SCOPED:
-                obj["metadata"]["namespace"] = k["namespace"]
-    for image in k.get("images", []):
-        for obj in objects:
-            for container in iter_containers(obj):
-                container["image"] = _new_image(container.get("image", ""), image)
-    return objects
+def kustomize_command() -> list[str]:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    raise KustomizeUnavailable("neither kubectl nor kustomize is installed (`make test` installs kubectl)")
 
 
-def _new_image(current: str, rule: dict) -> str:
-    name, tag = (current.rsplit(":", 1) + [""])[:2] if ":" in current.rsplit("/", 1)[-1] else (current, "")
-    if name != rule["name"]:
-        return current
-    name = rule.get("newName", name)
-    if rule.get("digest"):
-        return f"{name}@{rule['digest']}"
-    tag = rule.get("newTag", tag)
-    return f"{name}:{tag}" if tag else name
+def render_kustomization(directory: Path = KUBERAY, components: tuple[str, ...] = ()) -> list[dict]:
+    """What `kubectl kustomize <directory>` produces - what `kubectl apply -k` sends. With `components`
+    (paths relative to `directory`), a copy of kuberay/ is rendered with those optional components enabled."""
+    directory = Path(directory)
+    if components:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy_root = Path(tmp) / "kuberay"
+            shutil.copytree(KUBERAY, copy_root)
+            target = copy_root / directory.relative_to(KUBERAY)
+            k = kustomization(target)
+            k["components"] = list(components)
+            (target / "kustomization.yaml").write_text(yaml.safe_dump(k, sort_keys=False), encoding="utf-8")
+            return render_kustomization(target)
+    out = subprocess.run(kustomize_command() + [str(directory)], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"kustomize {directory} failed: {out.stderr.strip()}")
+    return [o for o in yaml.load_all(out.stdout, Loader=_Loader) if o]
 
 
 def iter_containers(node: Any) -> Iterator[dict]:
@@ -278,7 +256,7 @@ def custom_resource_errors(obj: dict, directory: Path | None = None) -> list[str
 
 __all__ = [
     "REPO", "KUBERAY", "DASHBOARD", "PROMETHEUS_RULE", "load_generator", "load_documents", "manifest_files",
-    "kustomization", "render_kustomization", "iter_containers", "crds_dir", "structural_schema",
+    "kustomization", "render_kustomization", "kustomize_command", "KustomizeUnavailable", "SETUP", "iter_containers", "crds_dir", "structural_schema",
     "custom_resource_errors", "CRDNotFound", "metric_names_in_promql", "dashboard_exprs", "alert_exprs",
     "dashboard_and_alert_metric_names", "scrape_names", "missing_from_scrape", "METRIC_NAME",
 ]

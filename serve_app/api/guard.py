@@ -4,7 +4,8 @@ FastAPI, Starlette and pydantic already do routing (404, 405 with ``Allow``), JS
 validation - missing/extra fields, types, ranges, NaN/Infinity/1e999 via ``allow_inf_nan=False`` - with
 422s whose ``loc`` names the field. `install_guards(app)` adds only what they do not:
 
-- 401 without the right ``X-API-Key`` (when ``SIGNAL_API_KEY`` is set), before routing and the body;
+- 401 without the right ``X-API-Key`` (when ``SIGNAL_API_KEY`` is set, or the file ``SIGNAL_API_KEY_FILE`` holds
+  one: re-read when it changes, so a rotated Kubernetes Secret reaches running replicas), before routing;
 - 413 for a ``Content-Length`` or a streamed body over the limit, 408 for a body that does not arrive;
 - 415 for a JSON route's body that is not ``application/json`` (FastAPI would validate the raw bytes: 422);
 - 422 from `check_json_body` for an empty, non-UTF-8, invalid, truncated, too deep or non-object body, an
@@ -30,6 +31,7 @@ import json
 import logging
 import math
 import os
+import time
 from typing import Any, Iterable, Iterator
 
 from fastapi import FastAPI, params
@@ -191,8 +193,10 @@ class HTTPGuard:
                  max_json_depth: int = MAX_JSON_DEPTH):
         self.app, self.fastapi_app = app, fastapi_app
         settings = guard_settings()
-        key = settings["api_key"] if api_key is None else api_key
-        self.api_key: bytes | None = key.encode("utf-8") if key else None
+        if api_key is not None:
+            self.keys = ApiKeySource(key=api_key)
+        else:
+            self.keys = ApiKeySource(key=settings["api_key"], path=settings["api_key_file"])
         self.max_body_bytes = settings["max_body_bytes"] if max_body_bytes is None else max_body_bytes
         self.body_timeout_s = settings["body_timeout_s"] if body_timeout_s is None else body_timeout_s
         self.max_json_depth = max_json_depth
@@ -232,9 +236,10 @@ class HTTPGuard:
 
     async def _check_headers(self, scope: Scope) -> None:
         path = _route_path(scope)
-        if self.api_key is not None and path.rstrip("/") not in OPEN_PATHS and path not in OPEN_PATHS:
+        key = self.keys.current()
+        if key is not None and path.rstrip("/") not in OPEN_PATHS and path not in OPEN_PATHS:
             given = (await API_KEY(HTTPConnection(scope)) or "").encode("latin-1")  # ASGI headers are bytes
-            if not hmac.compare_digest(given, self.api_key):
+            if not hmac.compare_digest(given, key):
                 raise _Rejected(401, f"missing or invalid API key: send it in the {API_KEY_HEADER} header",
                                 {"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'})
         length = Headers(scope=scope).get("content-length")
@@ -337,11 +342,56 @@ def _positive(env: dict[str, str], name: str, default: float, kind: type) -> Any
     return value
 
 
+class ApiKeySource:
+    """The API key a request must carry, or None when none is required: a fixed `key`, or the contents of
+    the file `path` (how a Kubernetes Secret is mounted), re-read when the file changes - so a key created
+    or rotated in the Secret reaches the running replicas without a restart (the kubelet refreshes mounted
+    Secrets within about a minute). The file is looked at at most once per `check_every_s`; a missing or
+    empty file means no key, like an unset SIGNAL_API_KEY. `path` wins over `key`."""
+
+    def __init__(self, key: str | None = None, path: str | None = None, check_every_s: float = 1.0,
+                 clock: Any = None):
+        self.path, self.check_every_s, self.clock = path, check_every_s, clock
+        self._key: bytes | None = key.strip().encode("utf-8") if key and key.strip() else None
+        self._seen: tuple[int, int, int] | None = None   # the file's (inode, mtime_ns, size) when last read
+        self._checked = float("-inf")
+
+    def current(self) -> bytes | None:
+        if self.path is None:
+            return self._key
+        now = (self.clock or time.monotonic)()
+        if now - self._checked >= self.check_every_s:
+            self._checked = now
+            self._reload()
+        return self._key
+
+    def _reload(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError:  # no file (the optional Secret does not exist): no key required
+            self._seen, self._key = None, None
+            return
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self._seen:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read().strip()
+        except OSError:
+            return  # mid-swap: keep the previous key, look again on the next check
+        was = self._key
+        self._key, self._seen = (text or None), seen
+        if self._key != was:
+            log.warning("API key %s from %s", "loaded" if self._key else "removed", self.path)
+
+
 def guard_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`SIGNAL_API_KEY` (unset or empty: no key required), `SIGNAL_MAX_BODY_BYTES` (default 16 KiB) and
+    """`SIGNAL_API_KEY` (unset or empty: no key required) or `SIGNAL_API_KEY_FILE` (a file holding the key,
+    re-read when it changes; it wins when both are set), `SIGNAL_MAX_BODY_BYTES` (default 16 KiB) and
     `SIGNAL_BODY_TIMEOUT_S` (how long a request body may take to arrive, default 15 s)."""
     env = os.environ if env is None else env
     return {"api_key": (env.get("SIGNAL_API_KEY") or "").strip() or None,
+            "api_key_file": (env.get("SIGNAL_API_KEY_FILE") or "").strip() or None,
             "max_body_bytes": _positive(env, "SIGNAL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int),
             "body_timeout_s": _positive(env, "SIGNAL_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S, float)}
 
@@ -371,7 +421,9 @@ def _document(app: FastAPI, api_key: str | None) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         spec = build()
-        key_on = bool(api_key) if api_key is not None else guard_settings()["api_key"] is not None
+        settings = guard_settings()
+        key_on = bool(api_key) if api_key is not None else (settings["api_key"] is not None
+                                                              or settings["api_key_file"] is not None)
         for path, ops in spec.get("paths", {}).items():
             for op in (op for op in ops.values() if isinstance(op, dict)):
                 responses = op.setdefault("responses", {})

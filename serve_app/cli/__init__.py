@@ -8,6 +8,7 @@
     signalgen evaluate [--symbols ...] [--out reports/eval-...]   walk-forward + backtest + plots
     signalgen models   list | promote VERSION | rollback
     signalgen report   [--plot] [--out DIR]                        live signals' realised performance
+    signalgen k8s      preflight [--context C] [--manifests DIR]     read-only cluster checks before kubectl apply
 
 Each subcommand is a module of serve_app.cli that exposes `register(subparsers)`: it adds its parser and
 sets `func(args) -> int`, which parses nothing more, calls the package (store, data, training, core) and
@@ -29,6 +30,7 @@ MODULES = (
     "serve_app.cli.evaluate",    # evaluate
     "serve_app.cli.models",      # models list|promote|rollback
     "serve_app.cli.report",      # report
+    "serve_app.cli.k8s",         # k8s preflight
 )
 
 

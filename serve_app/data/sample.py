@@ -321,6 +321,17 @@ def sample_is_stale(store: Store, timeframe: str = "1h", max_age_ms: int = 2 * H
     return now - int(last.open_time[-1]) > max_age_ms
 
 
+def sample_symbols(store: Store, symbols: Iterable[str], timeframe: str = "1h") -> list[str]:
+    """Which of `symbols` hold the synthetic sample in `timeframe` (a sample symbol whose newest close is the
+    sample's exact final price): what a model trained on them learned says nothing about real markets."""
+    out = []
+    for symbol in symbols:
+        last = _last_candle(store, symbol, timeframe)
+        if symbol in SAMPLE_SYMBOLS and len(last) and float(last.close[-1]) == SAMPLE_SYMBOLS[symbol]:
+            out.append(symbol)
+    return out
+
+
 def holds_sample_data(store: Store, timeframe: str = "1h") -> bool:
     """True when every symbol with candles in `timeframe` is a sample symbol whose newest close is
     the sample's exact final price (real data is practically never exactly that), or there are no

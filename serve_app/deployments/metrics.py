@@ -42,6 +42,9 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None
                                                "stored, per Analytics replica", (), None),
     "signalgen_signals_persisted_total": ("counter", "Signals inserted into the store (each once)", (), None),
     "signalgen_data_age_seconds": ("gauge", "Age of the newest cached candle per symbol", ("symbol",), None),
+    "signalgen_model_synthetic": ("gauge", "1 while the served model was trained on the SYNTHETIC sample data "
+                                  "(its signals say nothing about real markets), else 0", ("model_version",),
+                                  None),
 }
 
 

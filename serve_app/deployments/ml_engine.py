@@ -21,6 +21,12 @@ from serve_app.deployments.base import StageBase
 _BATCH_DEFAULTS = MLUserConfig()
 
 
+def synthetic_symbols(model: SignalModel) -> list[str]:
+    """The symbols of the model's training data that were the synthetic sample (metadata of `signalgen
+    train`; a model trained before that was recorded counts as synthetic only if it says so)."""
+    return list(model.metadata.get("synthetic_symbols") or [])
+
+
 @serve.deployment
 class MLEngine(StageBase):
     stage = "ml"
@@ -39,8 +45,13 @@ class MLEngine(StageBase):
 
     def _load(self, version: str) -> None:
         path = resolve(version, self.model_root)
+        previous = self.model
         self.model = SignalModel.load(path)  # raises ModelLoadError naming the file
         self.load_error = None
+        if previous is not None and previous.version != self.model.version:
+            self.metrics.set("signalgen_model_synthetic", 0, model_version=previous.version)
+        self.metrics.set("signalgen_model_synthetic", 1 if synthetic_symbols(self.model) else 0,
+                         model_version=self.model.version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         given = set(user_config)
@@ -81,9 +92,16 @@ class MLEngine(StageBase):
 
     def health(self) -> dict[str, Any]:
         m = self.model
-        return {"ok": m is not None, "reasons": [] if m else [self.load_error or "no model loaded"],
-                "model_loaded": m is not None, "model_version": m.version if m else None,
-                "trained_at": m.metadata.get("created_at") if m else None}
+        synthetic = synthetic_symbols(m) if m else []
+        out = {"ok": m is not None, "reasons": [] if m else [self.load_error or "no model loaded"],
+               "model_loaded": m is not None, "model_version": m.version if m else None,
+               "trained_at": m.metadata.get("created_at") if m else None,
+               "model_synthetic": bool(synthetic)}
+        if synthetic:
+            out["warnings"] = [f"model {m.version} was trained on the SYNTHETIC sample data "
+                               f"({', '.join(synthetic)}): its signals say nothing about real markets - train "
+                               f"on real candles, evaluate and promote (docs/training.md)"]
+        return out
 
     def check_health(self) -> None:
         if self.model is None:

@@ -214,7 +214,8 @@ class Orchestrator(StageBase):
         stages["orchestrator"] = {"ok": True, "reasons": []}
         reasons = [f"{n}: {r}" for n, rep in stages.items() for r in rep.get("reasons", [])]
         ok = all(rep.get("ok") for rep in stages.values())
-        body = {"status": "ok" if ok else "unavailable", "reasons": reasons, "stages": stages}
+        warnings = [f"{n}: {w}" for n, rep in stages.items() for w in rep.get("warnings", [])]
+        body = {"status": "ok" if ok else "unavailable", "reasons": reasons, "warnings": warnings, "stages": stages}
         self.metrics.inc("signalgen_requests_total", route="/health", status="200" if ok else "503")
         return JSONResponse(body, status_code=200 if ok else 503)
 

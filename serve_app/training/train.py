@@ -1,11 +1,11 @@
 """Train the signal model: candles from the store -> features/labels -> time-ordered split -> XGBoost
--> temperature calibration -> out-of-sample evaluation against baselines -> registry
-(`signalgen train`, serve_app/cli/train.py).
+-> the calibration choice (raw / softened towards the prior / the prior) -> out-of-sample evaluation
+against baselines -> registry (`signalgen train`, serve_app/cli/train.py).
 
-The split is by time within each symbol and never shuffled: train = the early part, validation (early
-stopping + temperature) next, test = the last `test_fraction`. Consecutive segments are separated by a
-purge gap of `purge` >= horizon candles, so no training label (which looks `horizon` candles ahead)
-overlaps a validation/test candle. No ray import.
+The split is by time within each symbol and never shuffled: train = the early part, validation next (its
+first half for early stopping, its second for the calibration choice), test = the last `test_fraction`.
+Consecutive segments are separated by a purge gap of `purge` >= horizon candles, so no training label
+(which looks `horizon` candles ahead) overlaps a validation/test candle. No ray import.
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from serve_app.training import registry
 from serve_app import settings
 from serve_app.core.features import FEATURE_NAMES, SERVING_WINDOW, WARMUP, compute_features, log_returns
 from serve_app.core.timeutil import iso_minute, timeframe_ms
-from serve_app.core.labels import CLASSES, DEFAULT_K, DOWN, UP, derive_label_spec, make_labels
+from serve_app.core.labels import CLASSES, DEFAULT_K, DEFAULT_VOL_PERIOD, DOWN, UP, derive_label_spec, make_labels
 from serve_app.core.model import calibrate
+from serve_app.data.sample import sample_symbols
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "multi:softprob",
@@ -339,7 +340,10 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
         bar.update(1)
     derived, label_notes = derive_label_spec(timeframe_ms(timeframe), [c.close for c in loaded.values()], k=k)
     horizon = int(derived["horizon"]) if horizon is None else int(horizon)
-    vol_period = int(derived["vol_period"]) if vol_period is None else int(vol_period)
+    if vol_period is None:  # 12 horizons (at least the default): of the horizon given, else the derived one
+        vol_period = int(derived["vol_period"]) if horizon == derived["horizon"] else \
+            max(DEFAULT_VOL_PERIOD, 12 * horizon)
+    vol_period = int(vol_period)
     purge = horizon if purge is None else int(purge)
     if purge < horizon:
         bar.close()
@@ -419,6 +423,9 @@ def train(store, symbols: Sequence[str] | None = None, timeframe: str = settings
         "symbols": [d.symbol for d in datas],
         "skipped_symbols": skipped,
         "data_source": getattr(store, "backend", type(store).__name__),
+        # the symbols whose candles are the SYNTHETIC sample: the ML engine flags such a model (/health, the
+        # signalgen_model_synthetic metric, an alert on Kubernetes)
+        "synthetic_symbols": sample_symbols(store, [d.symbol for d in datas], timeframe),
         "split": {"method": "time-ordered per symbol, never shuffled", "test_fraction": test_fraction,
                   "val_fraction": val_fraction, "purge_candles": purge},
         "training_window": window("train"),

@@ -24,22 +24,9 @@ STORE_DOWN_APP = {"nodb": {"MYSQL_HOST": "127.0.0.1", "MYSQL_PORT": "1"}}
 @pytest.fixture(scope="session")
 def sample_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A seeded SQLite store and a trained default model in a temp dir, as the replicas' environment."""
-    from serve_app.training.train import train
-    from serve_app.settings import StoreSettings
-    from serve_app.store import open_store
-    from serve_app.data.sample import seed_store
+    from bench.kuberay_local import sample_environment
 
-    root = tmp_path_factory.mktemp("signalgen")
-    # the session's own store, registry and journal: nothing in the checkout's data/ or models/ is touched
-    env = {"SIGNAL_DB_PATH": str(root / "crypto_prices.sqlite"), "MODEL_DIR": str(root / "models"),
-           "SIGNAL_SPILL_DIR": str(root / "spill"), "MYSQL_HOST": ""}
-    store = open_store(StoreSettings.from_env(env))
-    try:
-        seed_store(store)
-        train(store, root=env["MODEL_DIR"], n_estimators=60)
-    finally:
-        store.close()
-    return env
+    return sample_environment(tmp_path_factory.mktemp("signalgen"))
 
 
 @pytest.fixture(scope="session")

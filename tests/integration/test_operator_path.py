@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shlex
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -18,9 +14,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from scripts.ray_procs import CLUSTER_ENV
+from bench.kuberay_local import kuberay_like_cluster, load_rayservice
 from tests.polling import wait_for
-from scripts.ray_procs import stop as stop_processes
 from serve_app.cluster import free_port, wait_running
 
 pytestmark = pytest.mark.integration
@@ -29,72 +24,15 @@ ROOT = Path(__file__).resolve().parents[2]
 RAYSERVICE = ROOT / "kuberay" / "rayservice.yaml"
 
 
-def _ray_exe() -> str:
-    import sys
-
-    return str(Path(sys.executable).parent / "ray")
-
-
-def start_params_to_flags(params: dict[str, str]) -> list[str]:
-    """`ray start` flags from rayStartParams, quoted the way the operator's shell command sees them."""
-    flags: list[str] = []
-    for key, value in params.items():
-        flags += shlex.split(f"--{key}={value}")
-    return flags
-
-
-def kuberay_env(cluster: str, token: str, extra: dict[str, str]) -> dict[str, str]:
-    """What the operator adds to every Ray container of a RayService (KubeRay v1.7), plus token auth."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update({
-        "RAY_CLUSTER_NAME": cluster,
-        "RAY_USAGE_STATS_KUBERAY_IN_USE": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_DASHBOARD_ENABLE_K8S_DISK_USAGE": "1",
-        "RAY_timeout_ms_task_wait_for_death_info": "0",
-        "RAY_gcs_server_request_timeout_seconds": "5",
-        "RAY_SERVE_KV_TIMEOUT_S": "5",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-    })
-    env.update(extra)
-    return env
-
-
 @pytest.fixture(scope="module")
 def rayservice() -> dict:
-    return yaml.safe_load(RAYSERVICE.read_text())
+    return load_rayservice(RAYSERVICE)
 
 
 @pytest.fixture(scope="module")
 def operator_cluster(rayservice: dict, sample_env: dict[str, str]) -> Iterator[dict]:
-    spec = rayservice["spec"]["rayClusterConfig"]
-    temp_dir = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    token = secrets.token_hex(16)
-    gcs_port, dash_port = free_port(), free_port()
-    env = {**kuberay_env(rayservice["metadata"]["name"], token, sample_env), CLUSTER_ENV: temp_dir}
-    head_params = dict(spec["headGroupSpec"]["rayStartParams"])
-    head_params.update({"dashboard-host": "127.0.0.1", "metrics-export-port": str(free_port())})
-    metrics_ports = [int(head_params["metrics-export-port"])]
-    head = [_ray_exe(), "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
-            f"--temp-dir={temp_dir}", "--disable-usage-stats", *start_params_to_flags(head_params)]
-    # one node per worker group; num-cpus is what KubeRay derives from the container's CPU limit
-    workers = []
-    for group, cpus in zip(spec["workerGroupSpecs"], ("2", "1")):
-        params = dict(group["rayStartParams"])
-        params.update({"metrics-export-port": str(free_port()), "num-cpus": cpus})
-        metrics_ports.append(int(params["metrics-export-port"]))
-        workers.append([_ray_exe(), "start", f"--address=127.0.0.1:{gcs_port}", f"--temp-dir={temp_dir}",
-                        *start_params_to_flags(params)])
-    try:
-        for cmd in [head, *workers]:
-            subprocess.run(cmd, env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"} if cmd is not head else env,
-                           check=True, capture_output=True, timeout=180)
-        yield {"dashboard": f"http://127.0.0.1:{dash_port}", "token": token, "metrics_ports": metrics_ports,
-               "env": env, "temp_dir": temp_dir, "gcs_port": gcs_port}
-    finally:
-        left = stop_processes(temp_dir)
-        assert not left, f"processes still running after stop: {left}"
+    with kuberay_like_cluster(rayservice, sample_env) as cluster:
+        yield cluster
 
 
 def _headers(token: str) -> dict[str, str]:
@@ -143,6 +81,11 @@ def test_ml_engine_lands_on_the_ml_group(deployed):
                 if a.get("state") == "ALIVE" and "MLEngine" in (a.get("class_name") or "")]
     assert len(ml_nodes) == 1 and replicas, (ml_nodes, [a.get("class_name") for a in _state(deployed, "actors")])
     assert {a["node_id"] for a in replicas} <= ml_nodes
+    # and nothing else of the application takes the ML pod's room: it advertises no CPU, the CPU stages need some
+    others = [a for a in _state(deployed, "actors") if a.get("state") == "ALIVE"
+              and "ServeReplica:signals:" in (a.get("class_name") or "") and "MLEngine" not in a["class_name"]]
+    assert len(others) >= 6 and not {a["node_id"] for a in others} & ml_nodes, [
+        (a["class_name"], a["node_id"]) for a in others]
 
 
 def test_healthz_and_seed_requests(deployed):
@@ -178,6 +121,29 @@ def scraped(deployed) -> set[str]:
 
 def test_metrics_ports_export_app_and_serve_metrics(scraped):
     assert WANTED <= scraped, sorted(WANTED - scraped)
+
+
+def test_the_capacity_alerts_select_series_that_exist(deployed, scraped):
+    """SignalgenReplicaUnplaced compares the target with the healthy replicas per deployment, RayHeadMemoryHigh
+    reads the head's memory: the label values those rules select on are in a real scrape (a name alone is not
+    enough - a selector on a label Ray does not set would never fire)."""
+    samples = [s for port in deployed["metrics_ports"]
+               for fam in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=20).text)
+               for s in fam.samples]
+
+    def having(name: str, **labels: str) -> list:
+        return [s for s in samples if s.name == name and labels.items() <= s.labels.items()]
+
+    targets = {s.labels["deployment"]: s.value for s in having("ray_serve_autoscaling_target_replicas",
+                                                                application="signals")}
+    healthy: dict[str, float] = {}
+    for s in having("ray_serve_deployment_replica_healthy", application="signals"):
+        healthy[s.labels["deployment"]] = healthy.get(s.labels["deployment"], 0) + s.value
+    assert "MLEngine" in targets and set(targets) <= set(healthy), (targets, healthy)
+    assert all(healthy[d] >= targets[d] for d in targets), (targets, healthy)   # all placed: the alert is quiet
+    head_used, head_total = having("ray_node_mem_used", RayNodeType="head"), having("ray_node_mem_total",
+                                                                                    RayNodeType="head")
+    assert len(head_used) == len(head_total) == 1 and 0 < head_used[0].value < head_total[0].value
 
 
 def test_dashboard_and_alert_queries_use_exported_names(scraped):

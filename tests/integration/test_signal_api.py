@@ -111,6 +111,12 @@ def test_health_reports_every_stage(signal_app):
     assert stages["features"]["store_reachable"] is True and stages["features"]["symbols"] >= 3
     assert max(stages["features"]["data_age_s"].values()) < 7200
     assert {"features", "market_context", "ml", "portfolio", "risk", "analytics", "orchestrator"} <= set(stages)
+    # the session's model was trained on the synthetic sample: said loudly, and exported as a metric
+    assert stages["ml"]["model_synthetic"] is True
+    assert any("SYNTHETIC sample" in w and stages["ml"]["model_version"] in w for w in body["warnings"])
+    fams = {f.name: f for f in text_string_to_metric_families(signal_app["client"].get("/metrics").text)}
+    flags = {s.labels["model_version"]: s.value for s in fams["ray_signalgen_model_synthetic"].samples}
+    assert flags.get(stages["ml"]["model_version"]) == 1.0, flags
 
 
 def _signals_counted(client: httpx.Client) -> float:

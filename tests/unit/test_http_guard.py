@@ -174,6 +174,36 @@ def test_env_is_read_when_the_app_starts(monkeypatch):
         assert c.post("/generate_signal", json={"symbol": "SOL", "price": 1}).status_code == 401
 
 
+def test_a_key_file_created_rotated_and_removed_reaches_the_running_app(monkeypatch, tmp_path):
+    """SIGNAL_API_KEY_FILE is how Kubernetes mounts the optional Secret signalgen-api-key: the kubelet creates,
+    replaces and removes the file in the running pod, and the guard follows without a restart."""
+    from serve_app.api import guard
+
+    now = [0.0]
+    monkeypatch.setattr(guard.time, "monotonic", lambda: now[0])
+    key_file = tmp_path / "api-key"
+    monkeypatch.setenv("SIGNAL_API_KEY_FILE", str(key_file))
+    monkeypatch.setenv("SIGNAL_API_KEY", "ignored-when-the-file-is-set")
+    body = {"symbol": "SOL", "price": 1}
+    with TestClient(make_app(), raise_server_exceptions=False) as c:
+        assert c.post("/generate_signal", json=body).status_code == 200            # no file: no key
+        key_file.write_text("first-key\n")
+        now[0] += 1.0
+        assert c.post("/generate_signal", json=body).status_code == 401
+        assert c.post("/generate_signal", json=body, headers={"X-API-Key": "first-key"}).status_code == 200
+        rotated = tmp_path / "api-key.new"                                          # the kubelet swaps files
+        rotated.write_text("second-key")
+        rotated.replace(key_file)
+        assert c.post("/generate_signal", json=body, headers={"X-API-Key": "first-key"}).status_code == 200
+        now[0] += 1.0                                                               # seen at the next check
+        assert c.post("/generate_signal", json=body, headers={"X-API-Key": "first-key"}).status_code == 401
+        assert c.post("/generate_signal", json=body, headers={"X-API-Key": "second-key"}).status_code == 200
+        key_file.unlink()
+        now[0] += 1.0
+        assert c.post("/generate_signal", json=body).status_code == 200
+        assert "ApiKeyAuth" in c.get("/openapi.json").json()["components"]["securitySchemes"]
+
+
 def test_invalid_content_length_is_400(client):
     r = post_raw(client, b'{"symbol":"SOL","price":1}', headers={**JSON, "Content-Length": "abc"})
     assert r.status_code == 400

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,9 +24,9 @@ from tests.conftest import skip_or_fail
 
 KUBE_VERSION = "1.30.0"  # the oldest Kubernetes this is meant for; kubernetes-validate ships its schemas
 CUSTOM_GROUPS = {"ray.io", "monitoring.coreos.com"}
-CORE_KINDS = {"Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "ServiceAccount", "Role",
-              "RoleBinding", "NetworkPolicy"}
-NOT_API_OBJECTS = {"Kustomization"}  # kustomize's own file
+CORE_KINDS = {"Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "ServiceAccount", "NetworkPolicy",
+              "PodDisruptionBudget"}
+NOT_API_OBJECTS = {"Kustomization", "Component"}  # kustomize's own files
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080,
               "as-metrics": 44217, "dash-metrics": 44227}
@@ -35,7 +34,12 @@ UPGRADE_TYPES = {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}  # Ku
 SECRET_NAME, SECRET_KEY, CONFIGMAP = "signalgen-mysql", "password", "signalgen-config"
 MODEL_SEED_DIR = "/opt/signalgen/default-models"
 
-RENDERED = h.render_kustomization()
+try:  # what `kubectl apply -k kuberay/` and `kubectl apply -k kuberay/setup/` send
+    RENDERED, SETUP = h.render_kustomization(), h.render_kustomization(h.SETUP)
+except h.KustomizeUnavailable:
+    RENDERED, SETUP = [], []  # test_kustomize_is_installed fails (CI) or skips (locally)
+# the optional components, enabled
+COMPONENTS = {"components/gcs-ft": h.KUBERAY, "storage-class": h.SETUP}
 FILE_DOCS = [(path, doc) for path in h.manifest_files() for doc in h.load_documents(path)]
 GEN = h.load_generator()
 
@@ -49,7 +53,7 @@ def _is_custom(obj: dict) -> bool:
 
 
 def _one(kind: str, name: str | None = None) -> dict:
-    found = [o for o in RENDERED if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    found = [o for o in RENDERED + SETUP if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
@@ -116,7 +120,13 @@ def test_every_yaml_document_under_kuberay_validates(path, doc):
         _core_validate(doc)
 
 
-@pytest.mark.parametrize("obj", RENDERED, ids=[_id(o) for o in RENDERED])
+def test_kustomize_is_installed():
+    if not RENDERED:
+        skip_or_fail("neither kubectl nor kustomize is installed (`make test` installs kubectl)")
+    assert SETUP
+
+
+@pytest.mark.parametrize("obj", RENDERED + SETUP, ids=[_id(o) for o in RENDERED + SETUP])
 def test_every_rendered_object_validates(obj):
     """What `kubectl apply -k` sends, after kustomize's transformations (namespace, labels, images)."""
     if _is_custom(obj):
@@ -128,10 +138,46 @@ def test_every_rendered_object_validates(obj):
 
 def test_the_kustomization_renders_the_custom_resources_it_needs():
     kinds = {o["kind"] for o in RENDERED}
-    assert {"RayService", "PodMonitor", "PrometheusRule", "Namespace", "ConfigMap", "PersistentVolumeClaim",
-            "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"} <= kinds
+    assert kinds == {"RayService", "PodMonitor", "PrometheusRule", "ConfigMap", "ServiceAccount", "NetworkPolicy",
+                     "PodDisruptionBudget"}
     assert "Secret" not in kinds, "the Secret is created by hand (kubectl create secret), never applied from git"
-    assert all(o["metadata"].get("namespace") == "crypto-trading" for o in RENDERED if o["kind"] != "Namespace")
+    assert all(o["metadata"].get("namespace") == "crypto-trading" for o in RENDERED + SETUP if o["kind"] != "Namespace")
+    # the parameter files are read by kustomize and never applied; every placeholder was replaced
+    assert not [o for o in RENDERED + SETUP if o["kind"] == "ConfigMap" and "params" in o["metadata"]["name"]]
+    assert "set-from-params" not in yaml.safe_dump_all(RENDERED + SETUP)
+
+
+def test_teardown_keeps_the_namespace_the_secrets_and_the_volumes():
+    """`kubectl delete -k kuberay/` deletes what it applied: never the namespace (and with it the Secrets made by
+    hand) nor the volumes (the model registry, the signal journal). Those are kuberay/setup/, applied once."""
+    assert {o["kind"] for o in SETUP} == {"Namespace", "PersistentVolumeClaim"}
+    assert not {"Namespace", "PersistentVolumeClaim", "Secret"} & {o["kind"] for o in RENDERED}
+    assert {o["metadata"]["name"] for o in SETUP if o["kind"] == "PersistentVolumeClaim"} == {
+        "signalgen-models", "signalgen-spill"}
+    docs = (h.REPO / "docs" / "kubernetes.md").read_text()
+    assert "kubectl delete -k kuberay/" in docs and "kubectl apply --server-side -k kuberay/setup/" in docs
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENTS))
+def test_optional_components_render_and_validate(component):
+    if not RENDERED:
+        skip_or_fail("kustomize unavailable")
+    objs = h.render_kustomization(COMPONENTS[component], components=(component,))
+    for obj in objs:
+        if _is_custom(obj):
+            assert _custom_errors(obj) == [], _id(obj)
+        else:
+            _core_validate(obj)
+    assert "set-from-params" not in yaml.safe_dump_all(objs)
+    if component == "components/gcs-ft":
+        ft = next(o for o in objs if o["kind"] == "RayService")["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+        params = next(d for d in h.load_documents(h.KUBERAY / "params.yaml"))["data"]
+        assert ft["redisAddress"] == params["gcsRedisAddress"] and set(ft) == {"redisAddress", "redisPassword"}
+        assert ft["redisPassword"]["valueFrom"] == {"secretKeyRef": {"name": "signalgen-redis", "key": "password"}}
+    else:
+        params = next(d for d in h.load_documents(h.SETUP / "params.yaml"))["data"]
+        assert {o["spec"].get("storageClassName") for o in objs if o["kind"] == "PersistentVolumeClaim"} == {
+            params["storageClass"]}
 
 
 # --- the structural-schema walker catches what the API server would drop or reject
@@ -228,22 +274,13 @@ def test_crds_missing_fail_in_ci_and_skip_locally(monkeypatch, tmp_path):
 
 # ============================================================ a. kustomization and files
 def test_kustomization_lists_every_manifest_that_should_be_applied():
-    k = h.kustomization()
-    listed = set(k["resources"])
+    k, setup = h.kustomization(), h.kustomization(h.SETUP)
+    listed = set(k["resources"]) | {f"setup/{r}" for r in setup["resources"]}
     on_disk = {str(p.relative_to(h.KUBERAY)) for p in h.manifest_files()}
-    assert listed == on_disk - {"kustomization.yaml", "secret.example.yaml"}
+    kustomize_files = {str(p.relative_to(h.KUBERAY)) for p in h.KUBERAY.rglob("kustomization.yaml")}
+    assert listed == on_disk - kustomize_files - {"secret.example.yaml"}
     generated = {f for g in k["configMapGenerator"] for f in g["files"]}
-    assert generated == {str(p.relative_to(h.KUBERAY)) for p in h.KUBERAY.rglob("*.json")}
-
-
-def test_python_rendering_equals_kustomize():
-    if not shutil.which("kubectl") and not shutil.which("kustomize"):
-        skip_or_fail("neither kubectl nor kustomize is installed (`make test` installs kubectl)")
-    cmd = ["kustomize", "build"] if shutil.which("kustomize") else ["kubectl", "kustomize"]
-    out = subprocess.run(cmd + [str(h.KUBERAY)], capture_output=True, text=True, timeout=60, check=True).stdout
-    theirs = {_id(o): o for o in yaml.safe_load_all(out) if o}
-    ours = {_id(o): o for o in RENDERED}
-    assert ours == theirs
+    assert generated == {str(p.relative_to(h.KUBERAY)) for p in h.KUBERAY.rglob("*.json")} - {"head-sizing.json"}
 
 
 def test_image_is_named_in_one_place():
@@ -312,9 +349,15 @@ def test_ray_versions_agree(cluster):
 def test_upgrade_auth_and_autoscaling(rayservice, cluster):
     strategy = rayservice["spec"]["upgradeStrategy"]["type"]
     assert strategy in UPGRADE_TYPES and strategy == "NewCluster"
-    assert cluster["authOptions"]["mode"] == "token"
+    # one token for every cluster the RayService creates: our Secret, not one generated per RayCluster
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "signalgen-ray-token"}
+    example = {d["metadata"]["name"]: d for d in h.load_documents(h.KUBERAY / "secret.example.yaml")}
+    assert set(example["signalgen-ray-token"]["stringData"]) == {"auth_token"}  # the key KubeRay reads
     assert cluster["enableInTreeAutoscaling"] is True
     options = cluster["autoscalerOptions"]
+    assert options["version"] == "v2"  # Ray 2.60's autoscaler; the operator sets restartPolicy Never itself
+    for name, group in _groups(cluster):
+        assert group["template"]["spec"].get("restartPolicy", "Never") == "Never", name
     assert options["upscalingMode"] in {"Default", "Aggressive", "Conservative"}
     assert options["idleTimeoutSeconds"] > 0
     assert options["resources"]["requests"]["memory"] == options["resources"]["limits"]["memory"]
@@ -325,6 +368,12 @@ def test_no_probes_of_our_own(rayservice):
         assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(c), c["name"]
 
 
+def _bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    m = re.fullmatch(r"([\d.]+)([A-Za-z]*)", str(quantity))
+    return float(m.group(1)) * units.get(m.group(2), 1)
+
+
 def test_memory_requests_equal_limits(cluster):
     for name, group in _groups(cluster):
         spec = group["template"]["spec"]
@@ -332,31 +381,91 @@ def test_memory_requests_equal_limits(cluster):
             r = c["resources"]
             assert r["requests"]["memory"] == r["limits"]["memory"], (name, c["name"])
             assert r["requests"]["cpu"] == r["limits"]["cpu"], (name, c["name"])
+            # Ray's logs and session files live on the node's disk: bounded, so a runaway log cannot fill it
+            assert _bytes(r["requests"]["ephemeral-storage"]) <= _bytes(r["limits"]["ephemeral-storage"]), (
+                name, c["name"])
+
+
+def test_shared_memory_exceeds_the_object_store_and_fits_the_limit(cluster):
+    """/dev/shm holds the object store and Ray's own shared files: larger than object-store-memory, and (tmpfs
+    pages count against the container) well inside the memory limit."""
+    for name, group in _groups(cluster):
+        spec = group["template"]["spec"]
+        shm = next(v for v in spec["volumes"] if v["name"] == "dshm")["emptyDir"]
+        assert shm["medium"] == "Memory", name
+        store = int(group["rayStartParams"]["object-store-memory"])
+        assert _bytes(shm["sizeLimit"]) >= store * 1.2, (name, shm["sizeLimit"], store)
+        assert _bytes(shm["sizeLimit"]) <= 0.25 * _bytes(_ray_container(group)["resources"]["limits"]["memory"]), name
+
+
+def test_no_required_affinity_that_could_stall_an_upgrade(cluster):
+    """A NewCluster upgrade starts a second cluster while the first runs: a required (anti-)affinity or node
+    selector could leave its pods Pending forever (KubeRay has no timeout for a pending cluster)."""
+    for name, group in _groups(cluster):
+        spec = group["template"]["spec"]
+        assert "nodeSelector" not in spec, name
+        for kind, rules in (spec.get("affinity") or {}).items():
+            assert "requiredDuringSchedulingIgnoredDuringExecution" not in rules, (name, kind)
+    ml = _worker(cluster, "ml-workers")["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert ml["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == \
+        "kubernetes.io/hostname"
+
+
+def _measured_head() -> dict:
+    path = h.KUBERAY / "head-sizing.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_head_limits_cover_the_measured_need_with_headroom(cluster):
+    """kuberay/head-sizing.json is written by `make measure-head` (bench/head_memory.py): the head's processes
+    measured under load. The limit must cover that peak plus the object store's shared memory, with the headroom
+    the file states."""
+    m = _measured_head()
+    head = _ray_container(cluster["headGroupSpec"])["resources"]["limits"]
+    assert m["headroom"] >= 1.5 and m["limit_needed_bytes"] == int((m["peak_rss_bytes"] + m["shm_used_bytes"])
+                                                                   * m["headroom"])
+    # the object store may fill its whole /dev/shm allowance, which is charged to the pod: count all of it
+    store = int(cluster["headGroupSpec"]["rayStartParams"]["object-store-memory"])
+    need = (m["peak_rss_bytes"] + max(m["shm_used_bytes"], store)) * m["headroom"]
+    assert _bytes(head["memory"]) >= need, (head["memory"], need / 2**30)
+    requests = _ray_container(cluster["headGroupSpec"])["resources"]["requests"]
+    assert requests["memory"] == head["memory"], "requests = limits: the head is never the pod evicted first"
 
 
 # ============================================================ a. configuration, secrets, volume
 def test_every_ray_container_gets_config_and_password_by_reference(cluster):
     config = _one("ConfigMap", CONFIGMAP)
+    key_dir, key_name = config["data"]["SIGNAL_API_KEY_FILE"].rsplit("/", 1)
     for name, group in _groups(cluster):
         spec = group["template"]["spec"]
         for c in spec["containers"]:
             assert {"configMapRef": {"name": CONFIGMAP}} in c["envFrom"], (name, c["name"])
             env = {e["name"]: e for e in c.get("env", [])}
+            assert "SIGNAL_API_KEY" not in env, (name, "the key is a mounted file: it can rotate")
+            if name == "head":  # runs no replica: nothing there opens the store
+                assert "MYSQL_PASSWORD" not in env and not any("secret" in str(v) for v in c.get("envFrom", []))
+                continue
             assert env["MYSQL_PASSWORD"] == {"name": "MYSQL_PASSWORD", "valueFrom": {
                 "secretKeyRef": {"name": SECRET_NAME, "key": SECRET_KEY}}}, (name, c["name"])
-            assert env["SIGNAL_API_KEY"] == {"name": "SIGNAL_API_KEY", "valueFrom": {
-                "secretKeyRef": {"name": "signalgen-api-key", "key": "api-key", "optional": True}}}, (name, c["name"])
+            # the optional API key Secret, mounted where SIGNAL_API_KEY_FILE points
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            mount = next(m for m in c["volumeMounts"] if m["mountPath"] == key_dir)
+            assert volumes[mount["name"]]["secret"]["secretName"] == "signalgen-api-key", name
+            assert volumes[mount["name"]]["secret"]["optional"] is True and mount["readOnly"] is True, name
+    example = {d["metadata"]["name"]: d for d in h.load_documents(h.KUBERAY / "secret.example.yaml")}
+    assert set(example["signalgen-api-key"]["stringData"]) == {key_name}
     assert {"MYSQL_HOST", "MYSQL_USER", "MYSQL_DATABASE", "LOG_LEVEL", "MODEL_DIR"} <= set(config["data"])
     assert config["data"]["MYSQL_DATABASE"] == "crypto_prices"
     assert not any("PASSWORD" in key.upper() for key in config["data"])
 
 
 def test_no_password_in_what_is_applied():
-    example = h.load_documents(h.KUBERAY / "secret.example.yaml")[0]
-    assert example["kind"] == "Secret" and example["metadata"]["name"] == SECRET_NAME
-    placeholder = example["stringData"][SECRET_KEY]
-    rendered = yaml.safe_dump_all(RENDERED)
-    assert placeholder not in rendered
+    examples = h.load_documents(h.KUBERAY / "secret.example.yaml")
+    assert {e["kind"] for e in examples} == {"Secret"} and examples[0]["metadata"]["name"] == SECRET_NAME
+    rendered = yaml.safe_dump_all(RENDERED + SETUP)
+    for example in examples:
+        for placeholder in example["stringData"].values():
+            assert placeholder.startswith("REPLACE-ME") and placeholder not in rendered
     for obj in RENDERED:
         for c in h.iter_containers(obj):
             for e in c.get("env", []):
@@ -366,9 +475,11 @@ def test_no_password_in_what_is_applied():
 
 
 def test_ml_group_mounts_the_model_volume_and_seeds_it(cluster):
+    """Every ML pod, on any node, mounts the one ReadWriteMany model registry; the init container seeds it."""
     model_dir = _one("ConfigMap", CONFIGMAP)["data"]["MODEL_DIR"]
     pvc = _one("PersistentVolumeClaim", "signalgen-models")
     assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     ml = _worker(cluster, "ml-workers")["template"]["spec"]
     volumes = {v["name"]: v for v in ml["volumes"]}
     claim_volumes = [n for n, v in volumes.items() if v.get("persistentVolumeClaim", {}).get("claimName")
@@ -383,6 +494,36 @@ def test_ml_group_mounts_the_model_volume_and_seeds_it(cluster):
     cpu = _worker(cluster, "cpu-workers")["template"]["spec"]
     assert not any(v.get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"]["name"]
                    for v in cpu.get("volumes", []))
+
+
+def _run_seed(script: str, model_dir: Path, image_models: Path, hostname: str) -> subprocess.Popen:
+    return subprocess.Popen(["/bin/sh", "-c", script.replace(MODEL_SEED_DIR, str(image_models))],
+                            env={"MODEL_DIR": str(model_dir), "HOSTNAME": hostname, "PATH": "/usr/bin:/bin"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_seed_is_safe_when_two_ml_pods_start_together(cluster, tmp_path):
+    """The init container's script, run for real (sh, cp, mv) twice at once on one directory, as two ML pods on
+    a shared volume would: the registry ends complete and consistent, and a later start changes nothing."""
+    script = "\n".join(_worker(cluster, "ml-workers")["template"]["spec"]["initContainers"][0]["args"])
+    image_models, model_dir = tmp_path / "image-models", tmp_path / "volume"
+    model_dir.mkdir()
+    for v in ("v20260101-000000-aaaaaaaa", "v20260102-000000-bbbbbbbb"):
+        (image_models / v).mkdir(parents=True)
+        for i in range(50):
+            (image_models / v / f"part{i}.bin").write_bytes(bytes([i]) * 4096)
+    (image_models / "CURRENT").write_text("v20260102-000000-bbbbbbbb\n")
+    runs = [_run_seed(script, model_dir, image_models, f"ml-{i}") for i in range(2)]
+    outputs = [r.communicate(timeout=60)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    assert sorted(p.name for p in model_dir.iterdir()) == ["CURRENT", "v20260101-000000-aaaaaaaa",
+                                                           "v20260102-000000-bbbbbbbb"], outputs
+    assert (model_dir / "CURRENT").read_text() == "v20260102-000000-bbbbbbbb\n"
+    for v in ("v20260101-000000-aaaaaaaa", "v20260102-000000-bbbbbbbb"):
+        assert sorted(p.name for p in (model_dir / v).iterdir()) == sorted(f"part{i}.bin" for i in range(50))
+    (model_dir / "CURRENT").write_text("v20260301-000000-cccccccc\n")   # promoted since: kept
+    again = _run_seed(script, model_dir, image_models, "ml-2")
+    assert again.wait(timeout=60) == 0 and (model_dir / "CURRENT").read_text() == "v20260301-000000-cccccccc\n"
 
 
 def test_every_worker_journals_to_a_shared_volume_that_outlives_the_pod(cluster):
@@ -413,42 +554,83 @@ def test_pods_outlast_the_replicas_graceful_shutdown(cluster, serve_config):
 
 
 def test_ml_group_capacity_covers_the_ml_engine(cluster, serve_config):
+    """MLEngine reaches its max_replicas: the ML group's pods advertise enough `ml_engine` for them, and no CPU
+    (num-cpus "0"), so no CPU stage - which Serve spreads over the nodes - takes an ML pod's room; the CPU
+    stages fit the CPU group at their max."""
     ml = _worker(cluster, "ml-workers")
-    advertised = json.loads(json.loads(ml["rayStartParams"]["resources"]))  # '"{\"ml_engine\": 2}"'
+    advertised = json.loads(json.loads(ml["rayStartParams"]["resources"]))  # '"{\"ml_engine\": 1}"'
     assert advertised == {GEN.ML_RESOURCE: GEN.ML_ENGINE_PER_POD}
+    assert ml["rayStartParams"]["num-cpus"] == "0"
     for name, group in _groups(cluster):
         if name != "ml-workers":
             assert "resources" not in group.get("rayStartParams", {}), name
-    dep = next(d for d in serve_config["applications"][0]["deployments"] if d["name"] == GEN.ML_DEPLOYMENT)
+    deployments = serve_config["applications"][0]["deployments"]
+    dep = next(d for d in deployments if d["name"] == GEN.ML_DEPLOYMENT)
     per_replica = dep["ray_actor_options"]["resources"][GEN.ML_RESOURCE]
+    assert dep["ray_actor_options"]["num_cpus"] == 0
     assert dep["autoscaling_config"]["max_replicas"] * per_replica <= ml["maxReplicas"] * GEN.ML_ENGINE_PER_POD
-    # ReadWriteOnce volume: a single ML pod (pvc.yaml explains)
-    if "ReadWriteOnce" in _one("PersistentVolumeClaim", "signalgen-models")["spec"]["accessModes"]:
-        assert ml["maxReplicas"] == 1
+    cpu = _worker(cluster, "cpu-workers")
+    cpu_per_pod = float(_ray_container(cpu)["resources"]["limits"]["cpu"])
+    at_max = sum(d["ray_actor_options"]["num_cpus"] * d["autoscaling_config"]["max_replicas"]
+                 for d in deployments if d["name"] != GEN.ML_DEPLOYMENT)
+    assert all(d["ray_actor_options"]["num_cpus"] > 0 for d in deployments if d["name"] != GEN.ML_DEPLOYMENT)
+    assert at_max <= cpu_per_pod * cpu["maxReplicas"], (at_max, cpu_per_pod, cpu["maxReplicas"])
 
 
 # ============================================================ a. security
-def test_pods_run_as_our_service_account_with_a_token_only_on_the_head(cluster):
+def test_only_the_autoscaler_holds_a_service_account_token(cluster):
     sa = _one("ServiceAccount")
     assert sa.get("automountServiceAccountToken") is False
     for name, group in _groups(cluster):
         spec = group["template"]["spec"]
         assert spec["serviceAccountName"] == sa["metadata"]["name"], name
-        assert spec["automountServiceAccountToken"] is (name == "head"), name
+        assert spec["automountServiceAccountToken"] is False, name
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         for c in spec["containers"] + spec.get("initContainers", []):
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, (name, c["name"])
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert not any("serviceaccount" in m["mountPath"] for m in c.get("volumeMounts", [])), (name, c["name"])
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    token = next(v for v in head["volumes"] if v["name"] == "kube-api-access")["projected"]["sources"]
+    assert {"serviceAccountToken", "configMap", "downwardAPI"} == {k for src in token for k in src}
+    assert cluster["autoscalerOptions"]["volumeMounts"] == [
+        {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}]
 
 
-def test_role_is_least_privilege():
-    role, binding = _one("Role"), _one("RoleBinding")
-    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
-    assert rules == {(("",), ("pods",)): {"get", "list", "watch"}, (("ray.io",), ("rayclusters",)): {"get", "patch"}}
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": _one("ServiceAccount")["metadata"]["name"],
-                                    "namespace": "crypto-trading"}]
+def test_worker_groups_have_disruption_budgets_that_never_block_a_drain(cluster):
+    """One pod of each worker group may be evicted at a time (a drain keeps the service up when a group has two
+    pods, and never blocks when it has one); the head has none: a single-pod PDB would make its node undrainable."""
+    budgets = {o["metadata"]["name"]: o["spec"] for o in RENDERED if o["kind"] == "PodDisruptionBudget"}
+    assert set(budgets) == {f"signalgen-{g['groupName']}" for g in cluster["workerGroupSpecs"]}
+    for group in cluster["workerGroupSpecs"]:
+        spec = budgets[f"signalgen-{group['groupName']}"]
+        assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
+        labels = group["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), group["groupName"]
+        others = [g for g in cluster["workerGroupSpecs"] + [cluster["headGroupSpec"]] if g is not group]
+        assert not any(spec["selector"]["matchLabels"].items() <= g["template"]["metadata"]["labels"].items()
+                       for g in others), group["groupName"]
+
+
+def test_documented_day2_workflows_avoid_field_manager_conflicts():
+    """Models are switched from inside the cluster (promote through the dashboard, CURRENT on the volume) while
+    serveConfigV2 keeps `model_version: current`, so a later server-side apply meets no kubectl-patch/edit
+    manager; the docs say how to take the field back when someone patched anyway."""
+    docs = (h.REPO / "docs" / "kubernetes.md").read_text()
+    assert not re.search(r"^\s*kubectl[^\n]*\b(patch|edit) rayservice", docs, re.M), "no patch/edit in a recipe"
+    assert "--force-conflicts" in docs and "signalgen models promote" in docs
+    config = _one("ConfigMap", CONFIGMAP)["data"]
+    name = _one("RayService")["metadata"]["name"]
+    assert config["RAY_DASHBOARD_ADDRESS"] == f"http://{name}-head-svc:8265"   # the operator's head Service
+    serve = yaml.safe_load(_one("RayService")["spec"]["serveConfigV2"])
+    ml = next(d for d in serve["applications"][0]["deployments"] if d["name"] == GEN.ML_DEPLOYMENT)
+    assert ml["user_config"]["model_version"] == "current"
+
+
+def test_no_role_of_our_own():
+    """KubeRay creates the autoscaler's Role and RoleBinding for the head's service account (named after each
+    RayCluster); a copy here would only drift from it."""
+    assert not {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & {o["kind"] for o in RENDERED + SETUP}
 
 
 def _selects(selector: dict, labels: dict) -> bool:
@@ -500,14 +682,74 @@ def test_network_policies(cluster):
                     continue
                 assert rule.get("ports"), f"{p['metadata']['name']}: egress to everything"
                 egress_ports |= {port["port"] for port in rule["ports"]}
-        monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
-        operator = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
-                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
+        params = _params()
+        monitoring = [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": params["prometheusNamespace"]}}}]
+        operator = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": params["operatorNamespace"]}},
+                     "podSelector": {"matchLabels": {"app.kubernetes.io/component": params["operatorComponent"]}}}]
         clients = [{"podSelector": {"matchLabels": {"signal-client": "true"}}}]
-        assert ingress == {8000: clients + operator, 8265: operator, 8080: monitoring, 44217: monitoring,
-                           44227: monitoring}, name
+        canonical = {port: sorted(peers, key=json.dumps) for port, peers in ingress.items()}
+        assert canonical == {8000: sorted(clients + operator, key=json.dumps), 8265: operator, 8080: monitoring,
+                             44217: monitoring, 44227: monitoring}, name
         allowed_egress = {53, 3306} | ({443, 6443} if name == "head" else set())
         assert egress_ports == allowed_egress, name
+    # DNS only to the cluster DNS, MySQL only to private addresses
+    egress = {port["port"]: rule["to"] for p in policies for rule in p["spec"].get("egress", [])
+              for port in rule.get("ports", []) if rule.get("to")}
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}} in egress[53]
+    assert {peer["ipBlock"]["cidr"] for peer in egress[3306]} == {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
+
+
+# How KubeRay v1.7.0 installs its operator (ray-project/kuberay at v1.7.0): the Helm chart's pod template labels
+# (helm-chart/kuberay-operator, values nameOverride/componentOverride "kuberay-operator", release namespace) and
+# the kustomize install's (ray-operator/config/manager/manager.yaml, namespace `default` from config/default).
+KUBERAY_OPERATOR_PODS = {
+    "helm": ("default", {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/instance": "kuberay-operator",
+                         "app.kubernetes.io/component": "kuberay-operator"}),
+    "kustomize": ("default", {"app.kubernetes.io/name": "kuberay", "app.kubernetes.io/component": "kuberay-operator"}),
+}
+
+
+def _params() -> dict:
+    return next(d for d in h.load_documents(h.KUBERAY / "params.yaml"))["data"]
+
+
+@pytest.mark.parametrize("install", sorted(KUBERAY_OPERATOR_PODS))
+def test_the_operator_installed_as_kuberay_documents_reaches_the_dashboard(install):
+    """With the default parameters, the operator pod of either documented install is let in to 8265 (where it
+    PUTs serveConfigV2) and 8000 (/-/healthz); a pod with the same labels in another namespace is not."""
+    namespace, labels = KUBERAY_OPERATOR_PODS[install]
+    assert {8265, 8000} <= _admitted_ports(namespace, labels)
+    assert 8265 not in _admitted_ports("elsewhere", labels)
+
+
+def _admitted_ports(namespace: str, labels: dict) -> set[int]:
+    """The ports of the Ray pods that a pod with `labels` in another namespace `namespace` may reach."""
+    ns_labels = {"kubernetes.io/metadata.name": namespace}
+    admitted: set[int] = set()
+    for pol in (o for o in RENDERED if o["kind"] == "NetworkPolicy"):
+        for rule in pol["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                if "namespaceSelector" in peer and _selects(peer["namespaceSelector"], ns_labels) and \
+                        _selects(peer.get("podSelector", {}), labels):
+                    admitted |= {port["port"] for port in rule.get("ports", [])}
+    return admitted
+
+
+def test_parameters_default_to_the_documented_installs():
+    """params.yaml: the operator as KubeRay's Helm chart and kustomize install put it; Prometheus as KubeRay's
+    own Prometheus guide installs kube-prometheus-stack (install/prometheus/install.sh: release `prometheus`
+    in `prometheus-system`); every parameter is used by a replacement."""
+    params = _params()
+    assert params["operatorNamespace"] == "default" and params["operatorComponent"] == "kuberay-operator"
+    assert params["prometheusRelease"] == "prometheus" and params["prometheusNamespace"] == "prometheus-system"
+    text = (h.KUBERAY / "kustomization.yaml").read_text() + (h.KUBERAY / "components" / "gcs-ft" /
+                                                             "kustomization.yaml").read_text()
+    for key in params:
+        assert f"fieldPath: data.{key}" in text, key
+    for m in (o for o in RENDERED if o["kind"] in ("PodMonitor", "PrometheusRule")):
+        assert m["metadata"]["labels"]["release"] == params["prometheusRelease"], _id(m)
 
 
 # ============================================================ a. monitoring objects
@@ -550,9 +792,16 @@ def test_alerts_cover_the_required_conditions():
             "SignalgenReplicaUnhealthy", "RayGcsMissing"} <= set(alerts)
     assert "histogram_quantile(0.99" in alerts["SignalgenHighLatencyP99"]["expr"]
     assert "absent(" in alerts["RayGcsMissing"]["expr"]
+    assert {"SignalgenSyntheticModel", "SignalgenReplicaUnplaced", "RayHeadMemoryHigh"} <= set(alerts)
+    runbooks = (h.REPO / "docs" / "runbooks.md").read_text(encoding="utf-8")
+    base = _params()["runbookBaseUrl"]
     for name, r in alerts.items():
         assert r["labels"]["severity"] in {"warning", "critical"} and r["annotations"]["summary"], name
         assert re.fullmatch(r"\d+[smh]", r["for"]), name
+        # runbook_url (what Alertmanager templates and Grafana link), to this alert's own section
+        assert "runbook" not in r["annotations"], name
+        assert r["annotations"]["runbook_url"] == f"{base}/docs/runbooks.md#{name.lower()}", name
+        assert re.search(rf"^## `?{name}`?\s*$", runbooks, re.M), f"docs/runbooks.md has no section for {name}"
 
 
 # ============================================================ a. the image
@@ -598,7 +847,10 @@ def test_serve_config_v2_is_the_source_plus_the_overlay_only(serve_config):
     ml_index = [d["name"] for d in source["applications"][0]["deployments"]].index(GEN.ML_DEPLOYMENT)
     assert sorted(_diff(source, serve_config)) == sorted([
         "proxy_location", "http_options.host",
-        f"applications[0].deployments[{ml_index}].ray_actor_options.resources"])
+        f"applications[0].deployments[{ml_index}].ray_actor_options.resources",
+        f"applications[0].deployments[{ml_index}].ray_actor_options.num_cpus"])
+    ml = serve_config["applications"][0]["deployments"][ml_index]["ray_actor_options"]
+    assert ml["num_cpus"] == 0 and ml["resources"] == {GEN.ML_RESOURCE: GEN.ML_RESOURCE_PER_REPLICA}, ml
     assert serve_config["proxy_location"] == "EveryNode" and serve_config["http_options"]["host"] == "0.0.0.0"
 
 

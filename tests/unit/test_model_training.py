@@ -68,6 +68,7 @@ def test_artifact_layout_and_metadata(trained, model_root):
     assert m["classes"] == list(CLASSES)
     assert m["label"] == {"horizon": HORIZON, "k": 0.5, "vol_period": 48}
     assert m["timeframe"] == "1h" and m["symbols"] == SYMBOLS
+    assert m["synthetic_symbols"] == SYMBOLS   # the store holds the synthetic sample: flagged when served
     assert m["temperature"] > 0
     assert m["n_train"] > m["n_test"] > 0 and m["n_val"] > 0
     for key in ("accuracy", "log_loss", "per_class"):
@@ -189,6 +190,12 @@ def test_time_split_no_overlap_and_purge(purge):
     # the purged rows are exactly the gaps
     assert s.train.size + s.val.size + s.test.size == valid.size - 2 * purge
     assert abs(s.test.size - 0.2 * valid.size) <= 1
+
+
+def test_a_horizon_given_without_a_volatility_window_gets_twelve_of_its_own(store, tmp_path):
+    """--horizon N alone: the volatility window follows N (12 horizons, at least 48), not the derived horizon."""
+    v = train(store, symbols=["BTC"], timeframe="1h", horizon=8, n_estimators=2, root=tmp_path, min_candles=300)
+    assert json.loads((v / "metadata.json").read_text())["label"] == {"horizon": 8, "k": 0.5, "vol_period": 96}
 
 
 def test_purge_must_cover_horizon(store, tmp_path):

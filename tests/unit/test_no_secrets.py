@@ -23,7 +23,8 @@ ASSIGNMENT = re.compile(r"""(?ix)
     (?P<value>"[^"\n]*"|'[^'\n]*'|[^\s#,;)}\]]+)""")
 # Values that are not credentials: empty, references to the environment / a Secret / a variable, or the
 # documented placeholder in kuberay/secret.example.yaml.
-ALLOWED_FILES_VALUES = {("kuberay/secret.example.yaml", "REPLACE-ME-not-a-real-password")}
+ALLOWED_FILES_VALUES = {("kuberay/secret.example.yaml", v) for v in (
+    "REPLACE-ME-not-a-real-password", "REPLACE-ME-not-a-real-token", "REPLACE-ME-not-a-real-key")}
 REFERENCE = re.compile(r"""(?x)^(
       \$.* | .*\$\{.*                          # $VAR, ${VAR}
     | <[^>]*> | \*+ | x+ | \.\.\.               # <placeholder>, ***, xxx, ...

@@ -143,6 +143,7 @@ def test_a_random_walk_has_no_edge_and_is_not_promoted(env: Path, capsys: pytest
     assert verdict["log_loss"]["model"] <= verdict["log_loss"]["prior"] + NO_SIGNAL_TOLERANCE
     meta = registry.read_metadata(registry.resolve(version, env / "models"))
     assert meta["metrics"]["log_loss"] <= meta["baselines"]["majority"]["log_loss_train_prior"] + NO_SIGNAL_TOLERANCE
+    assert meta["synthetic_symbols"] == []   # imported candles, not the synthetic sample
     # the verdict is stored with the version, and `models list` shows it
     assert registry.read_evaluation(registry.resolve(version, env / "models"))["verdict"]["verdict"] == "no edge"
     assert main(["models", "list"]) == 0
