@@ -255,7 +255,22 @@ def gate_refusals(version: str, root: Path) -> list[str]:
         elif vs["comparable"] and vs["difference"] > 0:
             refusals.append(f"it is worse than the serving model {current} on the same window: log-loss "
                             f"{vs['log_loss'] + vs['difference']:.4f} vs {vs['log_loss']:.4f}")
+        elif not vs["comparable"] and not _synthetic(current, root):
+            # "not worse than the serving model" cannot be shown: refuse rather than pass silently. A model
+            # trained on the synthetic sample carries no claim to defend, so it may be replaced regardless.
+            refusals.append(f"it cannot be compared with the serving model {current} ({vs.get('why', '?')}): "
+                            "that it is not worse is unproven")
     return refusals
+
+
+def _synthetic(version: str, root: Path) -> bool:
+    """Whether `version` was trained on the synthetic sample (metadata synthetic_symbols)."""
+    from serve_app.training import registry
+
+    try:
+        return bool(registry.read_metadata(registry.resolve(version, root)).get("synthetic_symbols"))
+    except (OSError, ValueError, LookupError):
+        return False
 
 
 def switch(version: str, root: Path, action: str, address: str, no_deploy: bool = False,

@@ -412,6 +412,25 @@ def test_gate_refuses_worse_than_the_serving_model(make_version, capsys):
     assert registry.current_version(root) == serving
 
 
+def test_gate_refuses_what_cannot_be_compared_unless_the_serving_model_is_synthetic(make_version, capsys):
+    """Another label spec (or other rows) means "not worse than the serving model" cannot be shown: refused,
+    naming why - unless the serving model was trained on the synthetic sample, which has no claim to defend."""
+    root = make_version.root
+    serving = make_version()
+    registry.set_current(serving, root)
+    why = "the serving model predicts other labels (1h, horizon 4) than this one (1h, horizon 16)"
+    other = _evaluated(make_version, "edge", {"version": serving, "comparable": False, "why": why})
+    assert run_models("promote", other, "--model-dir", str(root), "--no-deploy") == 2
+    err = capsys.readouterr().err
+    assert f"cannot be compared with the serving model {serving} ({why})" in err
+    assert registry.current_version(root) == serving
+    seed = make_version(synthetic_symbols=["BTC", "ETH", "SOL"])
+    registry.set_current(seed, root)
+    real = _evaluated(make_version, "edge", {"version": seed, "comparable": False, "why": why})
+    assert run_models("promote", real, "--model-dir", str(root), "--no-deploy") == 0
+    assert registry.current_version(root) == real
+
+
 def test_gate_lets_an_edge_that_beats_the_serving_model_through(make_version):
     root = make_version.root
     serving = make_version()
