@@ -60,6 +60,5 @@ def run(args: argparse.Namespace, feature_fn: Callable[..., Any] | None = None) 
     except EvaluateError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2
-    print(text, end="")
-    print(f"report written to {out}")
+    print(text, end="")  # ends with the verdict line
     return 0

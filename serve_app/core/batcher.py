@@ -17,8 +17,8 @@ R = TypeVar("R")
 
 
 class AdaptiveBatcher(Generic[T, R]):
-    def __init__(self, fn: Callable[[list[T]], Awaitable[list[R]]], max_batch_size: int = 64,
-                 max_in_flight: int = 1):
+    def __init__(self, fn: Callable[[list[T]], Awaitable[list[R]]], *, max_batch_size: int,
+                 max_in_flight: int):  # no defaults here: the app's are in serve_app/config.py (AppArgs)
         if max_batch_size < 1 or max_in_flight < 1:
             raise ValueError("max_batch_size and max_in_flight must be >= 1")
         self.fn = fn

@@ -62,7 +62,7 @@ def _json_default(value: Any) -> Any:
 
 
 def json_text(value: Any) -> str | None:
-    """A JSON column's text: strings are taken to be JSON text already (as `signal_record()` builds
+    """A JSON column's text: strings are taken to be JSON text already (as `Signal.row()` in core/records.py builds
     them) and stored verbatim; anything else is serialized."""
     if value is None or isinstance(value, str):
         return value

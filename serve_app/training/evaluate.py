@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -186,14 +186,15 @@ def evaluate(args: EvaluationOptions, feature_fn: Callable[..., Any] | None = No
     plots.evaluation_calibration(out / "calibration.png", wf.pooled["calibration"]["table"], args.dpi)
     plots.evaluation_confusion(out / "confusion.png", wf.pooled["confusion_matrix"], args.dpi)
     plots.evaluation_equity(out / "equity.png", bt, args.dpi)
-    text = format_summary(metrics)
     (out / "report.md").write_text(format_report(metrics), encoding="utf-8")
+    done = []
     if version is not None:
         root = args.model_dir or settings.model_dir()
         record = json.dumps(evaluation_record(metrics, out), indent=2, default=registry._json_default)
         registry.attach_file(version, registry.EVALUATION_FILE, record + "\n", root=root)
-        text += f"evaluation summary attached to model {version}\n"
-    return out, text
+        done.append(f"evaluation summary attached to model {version}")
+    done.append(f"report written to {out}")
+    return out, format_summary(metrics, before_verdict=done)
 
 
 def _verdict(wf: Any, bt: Any, horizon: int) -> dict[str, Any]:
@@ -300,7 +301,7 @@ def _choices(folds: list[dict[str, Any]]) -> str:
     return ", ".join(f"{k} {n[k]}" for k in ("raw", "calibrated", "prior") if n[k])
 
 
-def format_summary(m: dict[str, Any]) -> str:
+def format_summary(m: dict[str, Any], before_verdict: Sequence[str] = ()) -> str:
     p, base = m["pooled"], m["pooled"]["baselines"]
     s, bh = m["backtest"]["strategy"], m["backtest"]["buy_and_hold"]
     wf, v, lab = m["walk_forward"], m["verdict"], m["label"]
@@ -336,7 +337,7 @@ def format_summary(m: dict[str, Any]) -> str:
             f"log-loss {v['log_loss']['model']:.4f} vs {vs['log_loss']:.4f} ({vs['difference']:+.4f}, "
             f"{int(v['level'] * 100)}% CI [{vs['low']:+.4f}, {vs['high']:+.4f}])" if vs["comparable"]
             else f"not comparable: {vs['why']}"))
-    lines += [f"took {m['seconds']} s", verdict_line(v, v["backtest"]), ""]
+    lines += [f"took {m['seconds']} s", *before_verdict, verdict_line(v, v["backtest"]), ""]  # the verdict last
     return "\n".join(lines)
 
 

@@ -75,6 +75,7 @@ def test_low_confidence_signal_is_blocked_by_risk():
     assert res.trades == []
     d = res.summary["strategy"]["decisions"]
     assert d["BUY"] == 1 and d["blocked"] == 1 and d["approved"] == 0
+    assert d["blocked_by"] == {"min_confidence": 1}          # counted by the risk rule that blocked it
     assert np.all(res.equity == 100_000)
 
 
@@ -112,6 +113,8 @@ def test_equity_is_the_sum_of_trade_pnl_and_buy_and_hold_pays_costs():
     assert res.buy_hold[-1] == pytest.approx(aaa + bbb)
     st = res.summary["strategy"]
     assert st["trades"] == 4 and 0 <= st["hit_rate"] <= 1 and 0 < st["time_in_market"] <= 1
+    # four trades: an annualised Sharpe/Sortino would say nothing, so there is none (from 30 trades on)
+    assert st["sharpe"] is None and st["sortino"] is None and st["ratios_need_trades"] == 30
 
 
 def test_performance_numbers():

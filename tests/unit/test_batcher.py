@@ -20,7 +20,7 @@ def test_lone_request_is_sent_at_once():
         return [i * 2 for i in items]
 
     async def main():
-        b = AdaptiveBatcher(fn)
+        b = AdaptiveBatcher(fn, max_batch_size=64, max_in_flight=1)
         return await asyncio.wait_for(b.submit(21), timeout=1)
 
     assert run(main()) == 42 and seen == [[21]]
@@ -81,7 +81,7 @@ def test_a_failing_batch_fails_its_waiters_and_the_next_batch_still_runs():
         return items
 
     async def main():
-        b = AdaptiveBatcher(fn)
+        b = AdaptiveBatcher(fn, max_batch_size=64, max_in_flight=1)
         with pytest.raises(ValueError, match="stage down"):
             await b.submit(0)
         return await b.submit(5)
@@ -94,7 +94,7 @@ def test_wrong_result_count_is_an_error():
         return []
 
     async def main():
-        await AdaptiveBatcher(fn).submit(1)
+        await AdaptiveBatcher(fn, max_batch_size=64, max_in_flight=1).submit(1)
 
     with pytest.raises(RuntimeError, match="0 results for 1"):
         run(main())

@@ -362,6 +362,14 @@ def test_deploy_refuses_a_redacted_config(monkeypatch):
     assert puts == []
 
 
+def test_deploy_refuses_a_model_for_another_timeframe_than_the_running_apps(monkeypatch):
+    puts = _dashboard(monkeypatch, live_details())       # both signal apps serve the config's 1h
+    with pytest.raises(lifecycle.LifecycleError, match=r"v2 predicts 1m candles, but signals \(1h\), nodb \(1h\)"):
+        lifecycle.deploy_model_version("http://dash", "v2", Path("/srv/models"), 5, log=lambda m: None,
+                                       timeframe="1m")
+    assert puts == []
+
+
 def test_deploy_with_no_signal_app_is_no_running_app(monkeypatch):
     details = live_details()
     details["applications"] = {"echo": details["applications"]["echo"]}

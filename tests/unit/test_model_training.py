@@ -198,6 +198,13 @@ def test_a_horizon_given_without_a_volatility_window_gets_twelve_of_its_own(stor
     assert json.loads((v / "metadata.json").read_text())["label"] == {"horizon": 8, "k": 0.5, "vol_period": 96}
 
 
+def test_train_on_a_missing_timeframe_lists_the_ones_the_store_holds(store, tmp_path):
+    with pytest.raises(ValueError) as e:
+        train(store, timeframe="1m", n_estimators=2, root=tmp_path)
+    assert str(e.value) == "no 1m candles to train on; the store holds: 1h (use --timeframe)"
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
 def test_purge_must_cover_horizon(store, tmp_path):
     with pytest.raises(ValueError, match="purge"):
         train(store, symbols=["BTC"], horizon=8, purge=4, n_estimators=2, root=tmp_path)
