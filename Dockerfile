@@ -8,7 +8,7 @@
 FROM rayproject/ray:2.60.0-py311
 
 # xgboost-cpu is xgboost without NVIDIA's NCCL. For GPU workers build with
-#   --build-arg XGBOOST_PACKAGE="xgboost>=3.1,<4"   (and a CUDA base such as rayproject/ray:2.60.0-py311-gpu):
+#   --build-arg XGBOOST_PACKAGE="xgboost>=3.2,<3.3"   (and a CUDA base such as rayproject/ray:2.60.0-py311-gpu):
 # same import name, same model files.
 ARG XGBOOST_PACKAGE=xgboost-cpu
 

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "training.md"
 
 MASKS = [
-    (re.compile(r"\bv\d{8}-\d{6}-"), "vDATE-TIME-"),                          # version names: when trained
+    # version names: when trained, and the artifact's hash (xgboost's bytes differ between builds/platforms)
+    (re.compile(r"\bv\d{8}-\d{6}-[0-9a-f]{8}\b"), "vDATE-TIME-HASH"),
     (re.compile(r"\b20(2[5-9]|[3-9]\d)-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00"), "NOW"),   # created / at
     (re.compile(r"\b(took|trained in) [\d.]+ s\b"), r"\1 N s"),
     (re.compile(r"[\d.]+ d old\b"), "N d old"),

@@ -138,4 +138,6 @@ def test_exactly_one_xgboost_per_platform(platform: str, machine: str, expected:
     chosen = [r.name for r in _xgboost_requirements()
               if r.marker.evaluate({"sys_platform": platform, "platform_machine": machine})]
     assert chosen == [expected]
-    assert {str(r.specifier) for r in _xgboost_requirements()} == {"<4,>=3.1"}
+    # one minor release for both, the same on every Python: 3.3+ wheels need Python >= 3.12, and another
+    # xgboost trains other trees from the same data (the docs' walkthrough numbers would differ)
+    assert {str(r.specifier) for r in _xgboost_requirements()} == {"<3.3,>=3.2"}
