@@ -3,6 +3,8 @@ the shared store contract, plus reconnection and unreachable-server behaviour.""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from typing import Iterator
 
 import pymysql
 import pytest
@@ -13,7 +15,7 @@ from serve_app.store.mysql_store import MySQLStore
 from serve_app.store.schema import DATA_TABLES
 from tests.polling import wait_for
 from tests.conftest import mysql_admin_connection
-from tests.store_contract import T0, StoreContract, candle_rows, make_signal
+from tests.store_contract import T0, StoreContract, candle_rows, make_signal, store_opener
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.mysql
@@ -33,8 +35,47 @@ def store(mysql_store: MySQLStore) -> MySQLStore:
     return mysql_store
 
 
+@pytest.fixture
+def same_database(mysql_settings: StoreSettings, store: MySQLStore) -> Iterator:
+    with store_opener(lambda exchange, quote: open_store(mysql_settings.with_source(exchange, quote))) as opener:
+        yield opener
+
+
+@pytest.fixture
+def new_database(mysql_settings: StoreSettings) -> Iterator:
+    """Stores on a database of this test's own, created empty by the first one opened, dropped afterwards."""
+    settings = replace(mysql_settings, mysql_database=f"signalgen_test_{uuid.uuid4().hex[:12]}")
+    try:
+        with store_opener(lambda exchange, quote: open_store(settings.with_source(exchange, quote),
+                                                             migrate=False)) as opener:
+            yield opener
+    finally:
+        admin = mysql_admin_connection()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{settings.mysql_database}`")
+        admin.close()
+
+
 class TestMySQLContract(StoreContract):
     pass
+
+
+def test_the_source_columns_have_no_default(store: MySQLStore, mysql_settings: StoreSettings) -> None:
+    """Only the store writes the source, always explicitly: a row written without one is an error, never
+    silently some default source's."""
+    admin = mysql_admin_connection(mysql_settings.mysql_database)
+    with admin.cursor() as cur:
+        cur.execute("SELECT TABLE_NAME, COLUMN_NAME, IS_NULLABLE, COLUMN_DEFAULT FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME IN ('exchange', 'quote') ORDER BY 1, 2")
+        columns = cur.fetchall()
+        with pytest.raises(pymysql.err.OperationalError, match="exchange"):
+            cur.execute("INSERT INTO candles (quote, symbol, timeframe, open_time, open, high, low, close, volume) "
+                        "VALUES ('USDT', 'BTC', '1h', 0, 1, 1, 1, 1, 1)")
+    admin.close()
+    assert [(t, c, n) for t, c, n, _ in columns] == [
+        ("candles", "exchange", "NO"), ("candles", "quote", "NO"),
+        ("news_sentiment", "exchange", "NO"), ("news_sentiment", "quote", "NO")]
+    assert all(d is None or d == "NULL" for *_, d in columns)
 
 
 def kill_connection(connection_id: int) -> None:
