@@ -1056,13 +1056,41 @@ def test_generator_refuses_what_it_cannot_do():
 
 
 def test_generator_check_mode(tmp_path):
-    manifest = tmp_path / "rayservice.yaml"
+    manifest, configmap = tmp_path / "rayservice.yaml", tmp_path / "configmap.yaml"
     manifest.write_text((h.KUBERAY / "rayservice.yaml").read_text())
-    assert GEN.main(["--check", "--manifest", str(manifest)]) == 0
+    configmap.write_text((h.KUBERAY / "configmap.yaml").read_text())
+    files = ["--manifest", str(manifest), "--configmap", str(configmap)]
+    assert GEN.main(["--check", *files]) == 0
     manifest.write_text(manifest.read_text().replace("route_prefix: /", "route_prefix: /x"))
-    assert GEN.main(["--check", "--manifest", str(manifest)]) == 1
-    assert GEN.main(["--manifest", str(manifest)]) == 0
+    assert GEN.main(["--check", *files]) == 1
+    assert GEN.main(files) == 0
     assert manifest.read_text() == (h.KUBERAY / "rayservice.yaml").read_text()
+    configmap.write_text(configmap.read_text().replace("SIGNAL_QUOTE: USDT", "SIGNAL_QUOTE: USD"))
+    assert GEN.main(["--check", *files]) == 1
+    assert GEN.main(files) == 0
+    assert configmap.read_text() == (h.KUBERAY / "configmap.yaml").read_text()
+
+
+def test_the_market_source_is_named_once_for_the_service_and_the_collector(serve_config):
+    """configs/serve_config.yaml's market_source is what the replicas read; `make kuberay` copies it into the
+    ConfigMap the collector and the migration read: the collector fills the market the service serves."""
+    text = (h.KUBERAY / "configmap.yaml").read_text(encoding="utf-8")
+    assert GEN.render_configmap(text, GEN.load_serve_config()) == text, "stale ConfigMap: run `make kuberay`"
+    config = _one("ConfigMap", CONFIGMAP)["data"]
+    (source,) = {json.dumps(app["args"]["market_source"], sort_keys=True) for app in serve_config["applications"]}
+    assert {"exchange": config["SIGNAL_EXCHANGE"], "quote": config["SIGNAL_QUOTE"]} == json.loads(source)
+    changed = GEN.load_serve_config()
+    changed["applications"][0]["args"]["market_source"] = {"exchange": "kraken", "quote": "USD"}
+    fresh = GEN.render_configmap(text, changed)
+    assert "  SIGNAL_EXCHANGE: kraken\n  SIGNAL_QUOTE: USD\n" in fresh and fresh.count("SIGNAL_EXCHANGE") == 1
+    del changed["applications"][0]["args"]["market_source"]
+    with pytest.raises(ValueError, match="market_source"):
+        GEN.render_configmap(text, changed)
+    two = GEN.load_serve_config()
+    two["applications"].append(copy.deepcopy(two["applications"][0]))
+    two["applications"][1]["args"]["market_source"] = {"exchange": "kraken", "quote": "USD"}
+    with pytest.raises(ValueError, match="one market_source"):
+        GEN.render_configmap(text, two)
 
 
 # ============================================================ d. metric names (static part)
