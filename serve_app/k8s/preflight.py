@@ -869,7 +869,7 @@ class Preflight:
                    f"kubectl create namespace {self.ns}")
             required = [n for n in needs.values() if n.required]
             then = ("; then create the Secrets: " + ", ".join(
-                f"{n.name}" + (f" (key {', '.join(sorted(k for k, r in n.keys.items() if r))})" if n.keys else "")
+                f"{n.name}" + (f" ({_keys(sorted(k for k, r in n.keys.items() if r))})" if n.keys else "")
                 for n in required)) if required else ""
             self.add("namespace", WARN, f"namespace {self.ns} does not exist yet; Secrets not checked", how + then)
             return False
@@ -899,7 +899,7 @@ class Preflight:
                 env = f": {', '.join(sorted(need.env))} stays unset" if need.env else ""
                 self.add(check, PASS, f"optional Secret {need.name} not present{env} ({used})")
                 return
-            keys = f" (key {', '.join(required_keys)})" if required_keys else ""
+            keys = f" ({_keys(required_keys)})" if required_keys else ""
             consequence = ("the image pull fails unless the registry is public" if need.purpose == "imagePullSecret"
                            else "the pods would stay in CreateContainerConfigError")
             self.add(check, FAIL, f"{what} {need.name}{keys} not found in {self.ns} ({used}): {consequence}",
@@ -916,7 +916,7 @@ class Preflight:
                      "--dry-run=client -o yaml | kubectl apply -f -")
             return
         optional_missing = sorted(k for k, r in need.keys.items() if not r and k not in data)
-        keys = f"key {', '.join(required_keys)}" if required_keys else "present"
+        keys = _keys(required_keys) if required_keys else "present"
         note = f"; optional key {', '.join(optional_missing)} absent" if optional_missing else ""
         self.add(check, PASS, f"{what} {need.name}: {keys} ({used}){note}")
 
@@ -1265,6 +1265,11 @@ class Preflight:
         if self.k.get(CLUSTER_AUTOSCALER_STATUS, optional=True) is not None:
             return "the cluster autoscaler"
         return ""
+
+
+def _keys(keys: list[str]) -> str:
+    """'key a' or 'keys a, b'."""
+    return f"key{'s' if len(keys) > 1 else ''} {', '.join(keys)}"
 
 
 def _name(obj: dict) -> str:

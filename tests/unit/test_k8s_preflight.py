@@ -485,7 +485,7 @@ def test_missing_migration_admin_secret_fails_naming_the_job(run_preflight) -> N
     report, _ = run_preflight(routes)
     admin = result(report, "secret signalgen-mysql-admin")
     assert admin.status == FAIL
-    assert ("Secret signalgen-mysql-admin (key password, username) not found in crypto-trading "
+    assert ("Secret signalgen-mysql-admin (keys password, username) not found in crypto-trading "
             "(used by Job signalgen-migrate)") in admin.detail
     assert admin.fix == ("kubectl -n crypto-trading create secret generic signalgen-mysql-admin "
                          "--from-literal=password=<value> --from-literal=username=<value>")
@@ -516,7 +516,7 @@ def test_namespace_not_created_yet_warns_with_the_setup_apply(run_preflight) -> 
     assert "kubectl apply --server-side -k kuberay/setup" in namespace.fix
     assert "signalgen-mysql (key password)" in namespace.fix
     assert "signalgen-ray-token (key auth_token)" in namespace.fix
-    assert "signalgen-mysql-admin (key password, username)" in namespace.fix
+    assert "signalgen-mysql-admin (keys password, username)" in namespace.fix
     assert not [r for r in report.results if r.check.startswith("secret ")]
     # the claims are judged by the class they will get
     assert "ReadWriteMany on class standard-rwx (filestore.csi.storage.gke.io)" in \
