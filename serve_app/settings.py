@@ -21,15 +21,24 @@ EXCHANGE_PATTERN = r"^[a-z0-9_]{1,32}$"
 QUOTE_PATTERN = r"^[A-Z0-9]{1,16}$"
 
 
-def check_source(exchange: str, quote: str) -> tuple[str, str]:
-    """(exchange, quote) when both are well-formed (a lowercase ccxt id, an uppercase currency code), else
-    ValueError naming the bad one."""
+def check_exchange(exchange: str) -> str:
+    """`exchange` when it is an exchange id (lowercase letters, digits, _), else ValueError."""
     if not isinstance(exchange, str) or not re.match(EXCHANGE_PATTERN, exchange):
         raise ValueError(f"exchange {exchange!r} is not an exchange id (lowercase letters, digits and _, "
                          "like binance or kraken)")
+    return exchange
+
+
+def check_quote(quote: str) -> str:
+    """`quote` when it is a currency code (uppercase letters and digits), else ValueError."""
     if not isinstance(quote, str) or not re.match(QUOTE_PATTERN, quote):
         raise ValueError(f"quote {quote!r} is not a quote currency (uppercase letters and digits, like USDT)")
-    return exchange, quote
+    return quote
+
+
+def check_source(exchange: str, quote: str) -> tuple[str, str]:
+    """(exchange, quote) when both are well-formed, else ValueError naming the bad one."""
+    return check_exchange(exchange), check_quote(quote)
 
 
 def _source_checkout() -> Path | None:

@@ -119,7 +119,8 @@ class StoreContract:
 
         old.migrate()
         assert old.applied_versions() == list(range(1, LATEST_VERSION + 1))
-        assert set(SOURCE_KEY) <= old.table_columns("candles") and set(SOURCE_KEY) <= old.table_columns("news_sentiment")
+        assert set(SOURCE_KEY) <= old.table_columns("candles")
+        assert set(SOURCE_KEY) <= old.table_columns("news_sentiment")
         assert old.sources() == [("kraken", "EUR", 6)]
         assert old.load_candles("BTC", "1h").to_rows() == rows
         assert [(n.symbol, n.headline) for n in old.load_news(0)] == [("BTC", "BTC up"), ("ETH", "ETH down")]
