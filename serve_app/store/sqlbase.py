@@ -174,23 +174,38 @@ class SQLStore(Store):
         """Apply the missing migrations. When every one is recorded already this only reads, so a
         least-privilege user (no CREATE) can open a store an admin has migrated."""
         try:
-            applied = set(self.applied_versions())
+            applied: set[int] | None = set(self.applied_versions())
         except StoreUnavailable:
             raise
         except Exception:  # noqa: BLE001 - no schema_migrations table yet (or unreadable): create it below
-            applied = set()
-        if all(m.version in applied for m in MIGRATIONS):
+            applied = None
+        if applied is not None and all(m.version in applied for m in MIGRATIONS):
             return
-        for stmt in self.dialect.create_table(SCHEMA_MIGRATIONS):
-            self._q(stmt, mode="execute")
+        if applied is None:
+            with self._migration_failure("creating schema_migrations"):
+                for stmt in self.dialect.create_table(SCHEMA_MIGRATIONS):
+                    self._q(stmt, mode="execute")
         record = self.dialect.upsert(SCHEMA_MIGRATIONS.name, SCHEMA_MIGRATIONS.column_names, ("version",))
         for migration in MIGRATIONS:
             with self._lock, self._migration_section():
                 if migration.version in set(self.applied_versions()):  # read again: another process may have
                     continue
-                for stmt, params in migration.statements(self.dialect, self.table_columns, self.source):
-                    self._q(stmt, params, "execute")
-                self._q(record, (migration.version, migration.description, now_ms()), "execute")
+                with self._migration_failure(f"schema migration {migration.version} ({migration.description})"):
+                    for stmt, params in migration.statements(self.dialect, self.table_columns, self.source):
+                        self._q(stmt, params, "execute")
+                    self._q(record, (migration.version, migration.description, now_ms()), "execute")
+
+    @contextmanager
+    def _migration_failure(self, what: str) -> Iterator[None]:
+        """A driver error while migrating as a StoreError that says what failed and what to do."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the drivers share no error base class
+            raise StoreError(f"{self.describe()}: {what} failed: {type(exc).__name__}: {exc}. A user without the "
+                             "privileges to create and alter tables cannot migrate the schema: run `signalgen "
+                             "store migrate` as the database admin") from exc
 
     def table_columns(self, table: str) -> set[str]:
         """The column names of `table` as the database has it now (empty when it does not exist)."""
