@@ -96,7 +96,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     plan = CollectPlan(args.exchange, args.quote, tuple(args.symbols), tuple(args.timeframes),
                        max_candles=args.max_candles, since_ms=args.since, page_limit=args.limit,
                        max_retries=args.max_retries, backoff_s=args.retry_backoff, news_file=args.news)
-    settings = StoreSettings.from_env().with_source(args.exchange, args.quote)
+    try:
+        settings = StoreSettings.from_env().with_source(args.exchange, args.quote)
+    except ValueError as exc:  # e.g. a malformed SIGNAL_EXCHANGE while --exchange is given
+        return _fail("collect", str(exc))
     stop = threading.Event()
     if not args.loop:
         return _tick(settings, exchange, plan, args, stop)

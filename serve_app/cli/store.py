@@ -138,7 +138,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = StoreSettings.from_env()
+    try:
+        settings = StoreSettings.from_env()
+    except ValueError as exc:  # SIGNAL_EXCHANGE / SIGNAL_QUOTE malformed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     where = settings.describe()
     try:
         with open_store(settings) as store:

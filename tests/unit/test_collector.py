@@ -277,3 +277,13 @@ def test_a_configured_news_file_is_imported_each_run_under_the_source(store_env:
     with open_store(StoreSettings.from_env(store_env)) as usdt, \
             open_store(StoreSettings.from_env(store_env).with_source("binance", "EUR")) as eur:
         assert [(n.symbol, n.headline) for n in usdt.load_news(0)] == [("BTC", "BTC up")] and eur.load_news(0) == []
+
+
+def test_a_malformed_source_in_the_environment_is_exit_2(store_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("SIGNAL_DB_PATH", store_env["SIGNAL_DB_PATH"])
+    monkeypatch.setenv("SIGNAL_EXCHANGE", "Binance")
+    assert main(["collect", "--exchange", "binance", "--symbols", "BTC"]) == 2
+    assert "exchange 'Binance' is not an exchange id" in capsys.readouterr().err
+    assert main(["store", "info"]) == 2
+    assert "exchange 'Binance' is not an exchange id" in capsys.readouterr().err
