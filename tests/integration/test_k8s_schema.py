@@ -2,18 +2,20 @@
 mysql-user, docs/kubernetes.md): the admin, the migration Job, the grants of the service's and the collector's
 users, the collector, the service - then an upgrade that brings a migration.
 
-The migration Job runs as the kubelet would run it: its command and arguments, and its environment resolved
-from the rendered manifest (`kubectl kustomize kuberay/`) - the ConfigMap's values (with MYSQL_HOST, MYSQL_PORT
-and MYSQL_DATABASE pointing at the test's server and database) and the Secret signalgen-mysql-admin's keys
-mapped to an admin created with the documented grant. The users' grants are read from docs/security.md's SQL,
-so the test runs with exactly what the page tells a DBA to grant.
+The migration Job and the collector run as the kubelet would run them: their command and arguments, and their
+environment resolved from the rendered manifest (`kubectl kustomize kuberay/`) - the ConfigMap's values (with
+MYSQL_HOST, MYSQL_PORT and MYSQL_DATABASE pointing at the test's server and database) and their Secrets' keys
+(signalgen-mysql-admin, signalgen-mysql-collector) mapped to users created with the documented grants. The
+grants are read from docs/security.md's SQL, so the test runs with exactly what the page tells a DBA to grant.
 
 In order (one scenario; the steps depend on each other):
 1. the previous release's Job (this code without its newest migration, through a sitecustomize on PYTHONPATH:
    the same command, another image) creates the database and its schema; the documented grants follow; this
    release's Job applies the newest migration alone, keeps the grants (it alters tables), and is a no-op when
    run again;
-2. the collector's user writes market data, and nothing else;
+2. the collector CronJob's exact command (its environment resolved the same way, SIGNAL_EXCHANGE_URL pointing
+   at a fake Binance over real HTTP, tests/fake_exchange.py) fills the store as the collector's user, whose
+   documented grants allow market data and nothing else;
 3. the whole application, deployed next to the session's apps on the local Ray cluster, serves signals and
    stores them as the service's user with exactly its documented grants;
 4. a migration added on top (a test-only one, registered the same way) is applied by running the same Job
@@ -25,6 +27,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -38,6 +41,7 @@ from serve_app.store import open_store
 from serve_app.store.schema import MIGRATIONS
 from tests import k8s_helpers as h
 from tests.conftest import MYSQL_TEST_HOST, MYSQL_TEST_PORT, mysql_admin_connection, skip_or_fail, stored_signal_counts
+from tests.fake_exchange import FakeBinance
 from tests.integration.conftest import session_apps_config
 from tests.polling import wait_for
 
@@ -168,32 +172,56 @@ def db() -> Iterator[Database]:
         database.drop()
 
 
-@pytest.fixture(scope="module")
-def migration_job(rendered: list[dict], db: Database, tmp_path_factory: pytest.TempPathFactory):
-    """Runs the rendered migration Job's container here: (release hook or None) -> CompletedProcess."""
-    (job,) = [o for o in rendered if o["kind"] == "Job" and o["metadata"]["name"] == "signalgen-migrate"]
-    (container,) = job["spec"]["template"]["spec"]["containers"]
+def job_runner(rendered: list[dict], kind: str, name: str, db: Database, secret_data: dict[str, dict],
+               home: Path, hooks: pytest.TempPathFactory, **config: str):
+    """Runs the container of the rendered Job or CronJob `name` here, as the kubelet would: its command and
+    arguments, its environment from the rendered ConfigMap (the database's location and `config` changed, as an
+    operator sets them) and `secret_data`, and nothing inherited. Returns run(release=None) -> CompletedProcess;
+    `release` is Python run at interpreter start (a sitecustomize on PYTHONPATH) that makes this code another
+    release's: the image differs, the Job is the same."""
+    (obj,) = [o for o in rendered if o["kind"] == kind and o["metadata"]["name"] == name]
+    spec = obj["spec"] if kind == "Job" else obj["spec"]["jobTemplate"]["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
     configmaps = {o["metadata"]["name"]: dict(o["data"]) for o in rendered if o["kind"] == "ConfigMap"}
-    # the cluster's database is the test's: the three values an operator sets in configmap.yaml
     configmaps["signalgen-config"].update(MYSQL_HOST=MYSQL_TEST_HOST, MYSQL_PORT=str(MYSQL_TEST_PORT),
-                                          MYSQL_DATABASE=db.name)
-    secret_data = {"signalgen-mysql-admin": {"username": db.users[ADMIN], "password": db.passwords[ADMIN]}}
+                                          MYSQL_DATABASE=db.name, **config)
     env = container_env(container, configmaps, secret_data)
     argv = container["command"] + container.get("args", [])
-    home = tmp_path_factory.mktemp("job-home")
 
     def run(release: str | None = None) -> subprocess.CompletedProcess:
-        """`release`: Python run at interpreter start (a sitecustomize) that makes this code another release's:
-        the image is different, the Job is the same."""
         process_env = {**env, "PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(home)}
         if release is not None:
-            hook = tmp_path_factory.mktemp("release")
+            hook = hooks.mktemp("release")
             (hook / "sitecustomize.py").write_text(release, encoding="utf-8")
             process_env["PYTHONPATH"] = str(hook)
-        return subprocess.run(argv, env=process_env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(argv, env=process_env, capture_output=True, text=True, timeout=300)
 
     run.env, run.argv = env, argv
     return run
+
+
+@pytest.fixture(scope="module")
+def migration_job(rendered: list[dict], db: Database, tmp_path_factory: pytest.TempPathFactory):
+    secret = {"signalgen-mysql-admin": {"username": db.users[ADMIN], "password": db.passwords[ADMIN]}}
+    return job_runner(rendered, "Job", "signalgen-migrate", db, secret, tmp_path_factory.mktemp("home"),
+                      tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def exchange() -> Iterator[FakeBinance]:
+    """A fake Binance whose clock is now (the candles it serves end at the last full hour)."""
+    with FakeBinance(int(time.time() * 1000)) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def collector_job(rendered: list[dict], db: Database, exchange: FakeBinance,
+                  tmp_path_factory: pytest.TempPathFactory):
+    """The collector CronJob's container, its exchange API moved to the fake: SIGNAL_EXCHANGE_URL, the
+    ConfigMap's proxy setting (docs/kubernetes.md, the exchange and the network)."""
+    secret = {"signalgen-mysql-collector": {"username": db.users[COLLECTOR], "password": db.passwords[COLLECTOR]}}
+    return job_runner(rendered, "CronJob", "signalgen-collect-1h", db, secret, tmp_path_factory.mktemp("home"),
+                      tmp_path_factory, SIGNAL_EXCHANGE_URL=exchange.url)
 
 
 PREVIOUS_RELEASE = """
@@ -242,17 +270,35 @@ def test_the_migration_job_applies_the_schema_as_the_admin_and_only_what_is_new(
     assert db.migrations() == after, "a re-run must apply nothing"
 
 
-# --- 2. the collector's user -----------------------------------------------------------------------------------
-def test_the_collector_user_writes_market_data_and_nothing_else(migration_job, db: Database) -> None:
-    from serve_app.data.sample import seed_store
+# --- 2. the collector ---------------------------------------------------------------------------------------------
+def _stored_open_times(db: Database, symbol: str) -> list[int]:
+    with db.admin.cursor() as cur:
+        cur.execute(f"SELECT open_time FROM `{db.name}`.candles WHERE symbol = %s AND timeframe = '1h' "
+                    "ORDER BY open_time", (symbol,))
+        return [int(row[0]) for row in cur.fetchall()]
 
-    # the market the collector CronJob writes: the ConfigMap's (generated from the serve config's market_source)
-    source = {"exchange": migration_job.env["SIGNAL_EXCHANGE"], "quote": migration_job.env["SIGNAL_QUOTE"]}
+
+def test_the_collector_cronjob_fills_the_store_as_its_documented_user(collector_job, exchange: FakeBinance,
+                                                                      db: Database) -> None:
+    from serve_app.data.sample import sample_news
+
+    assert collector_job.argv == ["signalgen", "collect", "--timeframes", "1h"]
+    assert collector_job.env["MYSQL_USER"] == db.users[COLLECTOR]
+    assert collector_job.env["SIGNAL_SYMBOLS"].split(",") == SYMBOLS
+    first = collector_job()
+    assert first.returncode == 0, first.stdout + first.stderr
+    for symbol in SYMBOLS:  # every closed candle the exchange served, stored once: the last 30 days
+        served = sorted(set(exchange.served[(f"{symbol}USDT", "1h")]))
+        assert len(served) >= 30 * 24 - 1 and _stored_open_times(db, symbol) == served, symbol
+    again = collector_job()  # the next scheduled run: nothing new yet, nothing stored twice
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert all(len(_stored_open_times(db, s)) == len(set(exchange.served[(f"{s}USDT", "1h")])) for s in SYMBOLS)
+
+    # news (`--news FILE` each run) is the collector's to write too: an upsert, twice
+    source = {"exchange": collector_job.env["SIGNAL_EXCHANGE"], "quote": collector_job.env["SIGNAL_QUOTE"]}
     with open_store(db.settings(COLLECTOR, **source)) as store:
-        written = seed_store(store, symbols=SYMBOLS, n=600)
-        written_again = seed_store(store, symbols=SYMBOLS, n=600)  # upserts: a re-run overwrites, never fails
-        assert written["rows"]["candles"] == written_again["rows"]["candles"] == 600 * len(SYMBOLS)
-        assert sorted(store.list_symbols("1h")) == SYMBOLS
+        news = sample_news(SYMBOLS, days=3)
+        assert store.insert_news(news) == len(news) and store.insert_news(news) == 0
     conn = db.connect(COLLECTOR)
     try:
         with conn.cursor() as cur:
