@@ -941,6 +941,93 @@ def test_the_collector_alert_watches_the_rendered_cronjobs():
         assert threshold >= 5 * _cron_period_s(cj["spec"]["schedule"]), (threshold, cj["spec"]["schedule"])
 
 
+def _docs_section(heading: str) -> str:
+    """The text of a section of docs/kubernetes.md, from its heading to the next heading (outside code)."""
+    lines = (h.REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index(heading)
+    fenced, out = False, []
+    for line in lines[start + 1:]:
+        fenced ^= line.startswith("```")
+        if not fenced and re.match(r"#{1,3} ", line):
+            break
+        out.append(line)
+    return "\n".join(out)
+
+
+def test_the_deploy_docs_follow_the_real_order():
+    """docs/kubernetes.md's deploy block: setup, every Secret the pods need (the admin's included), preflight, the
+    migration step (delete the last run, apply the step's label, wait), then the rest - with the names the
+    manifests really use."""
+    block = re.search(r"```bash\n(.*?)```", _docs_section("## Deploy: setup, Secrets, preflight, apply"), re.S)[1]
+    lines = [line.split("#")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    lines = [line for line in lines if line]
+
+    def at(fragment: str) -> int:
+        (index,) = [i for i, line in enumerate(lines) if fragment in line]
+        return index
+
+    job = _one("Job", MIGRATION_JOB)["metadata"]["name"]
+    secrets = {ref for o in _batch() + [_one("RayService")] for c in h.iter_containers(o) for ref, _ in _secret_refs(c)}
+    secrets.add(_one("RayService")["spec"]["rayClusterConfig"]["authOptions"]["secretName"])
+    assert {ADMIN_SECRET, COLLECTOR_SECRET, SECRET_NAME} <= secrets
+    created = [at(f"create secret generic {name} ") for name in sorted(secrets)]
+    order = [at("kubectl apply --server-side -k kuberay/setup/"), max(created), at("signalgen k8s preflight"),
+             at(f"delete job {job} --ignore-not-found"),
+             at(f"kubectl apply --server-side -k kuberay/ -l {DEPLOY_STEP[0]}={DEPLOY_STEP[1]}"),
+             at(f"wait --for=condition=complete job/{job}"),
+             lines.index("kubectl apply --server-side -k kuberay/")]
+    assert order == sorted(order) and min(created) > order[0], lines
+
+
+BACKFILL_PATCHES = re.compile(r"kubectl patch --local -f - --type=json -o yaml -p '(\[.*?\])'", re.S)
+
+
+def test_the_documented_backfill_jobs_are_valid_collector_jobs(tmp_path):
+    """docs/kubernetes.md's backfill recipes, run for real: the job `kubectl create job --from=cronjob/...` makes
+    of the rendered CronJob (kubectl's createJobFromCronJob: the job template's labels and spec), patched with
+    `kubectl patch --local` and each documented patch, is a valid Job whose command line `signalgen` accepts."""
+    import shutil
+
+    from serve_app.cli import build_parser
+
+    if shutil.which("kubectl") is None:
+        skip_or_fail("kubectl is not installed")
+    cronjob = _one("CronJob", "signalgen-collect-1h")
+    template = cronjob["spec"]["jobTemplate"]
+    made = {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "signalgen-backfill-1", "namespace": cronjob["metadata"]["namespace"],
+                         "annotations": {"cronjob.kubernetes.io/instantiate": "manual",
+                                         **template["metadata"].get("annotations", {})},
+                         "labels": template["metadata"]["labels"]},
+            "spec": copy.deepcopy(template["spec"])}
+    section = _docs_section("### Backfill history")
+    assert "kubectl create job" in section and "--from=cronjob/signalgen-collect-1h" in section
+    patches = BACKFILL_PATCHES.findall(section)
+    assert len(patches) == 2, patches
+    commands = []
+    for patch in patches:
+        out = subprocess.run(["kubectl", "patch", "--local", "-f", "-", "--type=json", "-o", "yaml", "-p", patch],
+                             input=yaml.safe_dump(made), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        job = yaml.safe_load(out.stdout)
+        _core_validate(job)
+        assert job["spec"]["activeDeadlineSeconds"] > template["spec"]["activeDeadlineSeconds"]
+        pod = job["spec"]["template"]
+        # still the collector's pod: its NetworkPolicies, its Secret, its security context
+        assert pod["metadata"]["labels"] == template["spec"]["template"]["metadata"]["labels"]
+        assert pod["spec"] == {**template["spec"]["template"]["spec"], "containers": pod["spec"]["containers"]}
+        (c,) = pod["spec"]["containers"]
+        assert _secret_refs(c) == {(COLLECTOR_SECRET, "username"), (COLLECTOR_SECRET, "password")}
+        argv = c["command"] + c["args"]
+        assert argv[0] == "signalgen"
+        commands.append(build_parser().parse_args(argv[1:]))
+    collect, ingest = commands
+    assert collect.command == "collect" and collect.since is not None and collect.max_candles > 1000
+    assert collect.timeframes == ["1h"]
+    assert ingest.command == "ingest" and ingest.since is not None and ingest.timeframe == "1h"
+    assert ingest.symbols == _one("ConfigMap", CONFIGMAP)["data"]["SIGNAL_SYMBOLS"].split(",")
+
+
 # ============================================================ a. monitoring objects
 def test_pod_monitors_scrape_the_named_ports_and_relabel_the_cluster(cluster):
     pods = _pod_labels(cluster)
