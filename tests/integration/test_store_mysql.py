@@ -190,7 +190,8 @@ def limited_user(db: str, grants: list[str]) -> Iterator[tuple[str, str]]:
     """A MySQL user (user, password) with only these grants (`SELECT ON {db}.candles`, ...), dropped afterwards."""
     import secrets
 
-    user, password = f"sg_ro_{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
+    user = f"sg_ro_{uuid.uuid4().hex[:8]}"
+    password = secrets.token_hex(16)
     admin = mysql_admin_connection()
     hosts = ("localhost", "127.0.0.1", "%")
     with admin.cursor() as cur:
