@@ -7,7 +7,8 @@ ccxt unchanged, pointed here with SIGNAL_EXCHANGE_URL / --exchange-url.
     GET /api/v3/klines         symbol, interval, startTime, endTime, limit (default 500, at most 1000)
 
 Candles are a deterministic function of (market, interval, open time) on the fake's clock, which only moves
-when a test calls `advance`. Like Binance, klines run up to the candle in progress, which is always the last
+when a test calls `advance` - or, made with `clock=` (e.g. `wall_clock_ms`), follows that clock: new candles
+then close in real time, for a test against a running service that judges their age by the wall clock. Like Binance, klines run up to the candle in progress, which is always the last
 one served and whose values are still changing (its close is the price so far). Faults for the next requests
 to a path (optionally for one market): `fail_next("429" | "5xx" | "malformed", n)`. Every request is
 recorded, and so is every closed candle served (`served`), to check that each was fetched once.
@@ -17,9 +18,10 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from serve_app.core.timeutil import timeframe_ms
@@ -74,6 +76,11 @@ def market_json(base: str, quote: str) -> dict[str, Any]:
     }
 
 
+def wall_clock_ms() -> int:
+    """The machine's clock, epoch ms: `FakeBinance(clock=wall_clock_ms)` is an exchange running in real time."""
+    return int(time.time() * 1000)
+
+
 def _f(x: float) -> str:
     return f"{x:.8f}"
 
@@ -83,9 +90,14 @@ class FakeBinance:
 
     DEFAULT_LIMIT, MAX_LIMIT = 500, 1000
 
-    def __init__(self, now_ms: int, markets: tuple[tuple[str, str], ...] = (
-            ("BTC", "USDT"), ("ETH", "USDT"), ("SOL", "USDT"), ("BTC", "EUR"))) -> None:
-        self.now_ms = int(now_ms)
+    def __init__(self, now_ms: int | None = None, markets: tuple[tuple[str, str], ...] = (
+            ("BTC", "USDT"), ("ETH", "USDT"), ("SOL", "USDT"), ("BTC", "EUR")),
+                 clock: Callable[[], int] | None = None) -> None:
+        """The fake's clock stands at `now_ms`, or reads `clock()` (epoch ms); `advance` adds to either."""
+        if (now_ms is None) == (clock is None):
+            raise ValueError("give the fake exchange either now_ms or clock")
+        self._clock = clock or (lambda: 0)
+        self._offset_ms = 0 if now_ms is None else int(now_ms)
         self.markets = {f"{b}{q}": (b, q) for b, q in markets}
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, query) of every request
         self.served: dict[tuple[str, str], list[int]] = defaultdict(list)  # (market id, interval) -> closed open times
@@ -101,9 +113,13 @@ class FakeBinance:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    @property
+    def now_ms(self) -> int:
+        return int(self._clock()) + self._offset_ms
+
     def advance(self, ms: int) -> None:
         with self._lock:
-            self.now_ms += int(ms)
+            self._offset_ms += int(ms)
 
     def fail_next(self, kind: str, count: int = 1, path: str = KLINES, market: str | None = None) -> None:
         """The next `count` requests to `path` (for `market`, a Binance id like BTCUSDT, if given) fail:
