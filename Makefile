@@ -28,7 +28,7 @@ help:
 	@echo "make bench-evaluate  time signalgen evaluate on 45,000 one-minute candles, by phase"
 	@echo "make measure-head    measure the Ray head's memory as the RayService runs it (kuberay/head-sizing.json)"
 	@echo "make loadtest hey -n 1000 -c 10 plus a 5-minute soak with memory growth (LOADTEST_ARGS=--soak-seconds 60)"
-	@echo "make kuberay  regenerate serveConfigV2 in kuberay/rayservice.yaml from configs/serve_config.yaml"
+	@echo "make kuberay  regenerate serveConfigV2 in kuberay/rayservice.yaml (and the market source in kuberay/configmap.yaml) from configs/serve_config.yaml"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { py=$$(scripts/find_python.sh $(PY_SYS)) \
@@ -60,7 +60,8 @@ stop:
 	-$(PY) scripts/ray_procs.py stop /tmp/ray-signalgen-$(RAY_PORT)
 
 # kuberay/rayservice.yaml's serveConfigV2 is generated from the serve config (plus a small cluster overlay,
-# documented in kuberay/generate.py); a unit test fails when the committed manifest is stale.
+# documented in kuberay/generate.py), and kuberay/configmap.yaml's SIGNAL_EXCHANGE/SIGNAL_QUOTE from its
+# market_source; a unit test fails when a committed manifest is stale.
 kuberay: venv
 	$(PY) kuberay/generate.py
 

@@ -5,6 +5,10 @@ really exports on Ray's metrics port.
     from kuberay.metric_names import dashboard_and_alert_metric_names, missing_from_scrape
     missing_from_scrape(dashboard_and_alert_metric_names(), scrape_text)   # set() when all are exported
 
+The collector's alert is the one query on metrics the app does not export: kube-state-metrics' (the Jobs run
+outside Ray and export nothing). Those names are listed in KUBE_STATE_METRICS, left out of
+dashboard_and_alert_metric_names() and returned by kube_state_metric_names() instead.
+
 `python kuberay/metric_names.py [scrape.txt]` prints the names (and, given a scrape, the missing ones).
 No dependencies beyond PyYAML.
 """
@@ -35,6 +39,18 @@ _IDENTIFIER = re.compile(r"(?<![\w:.])[a-zA-Z_:][a-zA-Z0-9_:]*(?![\w:])")
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
              "offset", "inf", "nan"}
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+# The kube-state-metrics series the rules may use (kube-prometheus-stack runs kube-state-metrics and scrapes it
+# by default): the STABLE CronJob and Job metrics of kube-state-metrics v2 (docs/metrics/workload/
+# cronjob-metrics.md and job-metrics.md in kubernetes/kube-state-metrics), labels `namespace` and `cronjob` /
+# `job_name`. A name outside this list in a query is a typo or a new dependency: a test says so.
+KUBE_STATE_METRICS = frozenset({
+    "kube_cronjob_created", "kube_cronjob_info", "kube_cronjob_next_schedule_time", "kube_cronjob_spec_suspend",
+    "kube_cronjob_status_active", "kube_cronjob_status_last_schedule_time",
+    "kube_cronjob_status_last_successful_time",
+    "kube_job_created", "kube_job_complete", "kube_job_failed", "kube_job_owner", "kube_job_status_active",
+    "kube_job_status_failed", "kube_job_status_succeeded", "kube_job_status_start_time",
+    "kube_job_status_completion_time",
+})
 
 
 def metric_names_in_promql(expr: str) -> set[str]:
@@ -92,12 +108,22 @@ def alert_exprs(path: Path = PROMETHEUS_RULE) -> list[str]:
             for rule in group["rules"] if rule.get("expr")]
 
 
-def dashboard_and_alert_metric_names() -> set[str]:
-    """Every metric name the Grafana dashboard (panels and template variables) and the PrometheusRule use."""
+def _all_metric_names() -> set[str]:
     names: set[str] = set()
     for expr in dashboard_exprs() + alert_exprs():
         names |= metric_names_in_promql(expr)
     return names
+
+
+def dashboard_and_alert_metric_names() -> set[str]:
+    """Every metric name the Grafana dashboard (panels and template variables) and the PrometheusRule use that
+    the app must export on Ray's metrics port: all of them but kube-state-metrics' (KUBE_STATE_METRICS)."""
+    return _all_metric_names() - KUBE_STATE_METRICS
+
+
+def kube_state_metric_names() -> set[str]:
+    """The metric names the queries use from kube-state-metrics (the collector's alert)."""
+    return _all_metric_names() & KUBE_STATE_METRICS
 
 
 # --- comparing with a scrape ---------------------------------------------------------------------------
@@ -142,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["METRIC_NAME", "metric_names_in_promql", "dashboard_exprs", "alert_exprs",
-           "dashboard_and_alert_metric_names", "scrape_names", "missing_from_scrape"]
+__all__ = ["METRIC_NAME", "KUBE_STATE_METRICS", "metric_names_in_promql", "dashboard_exprs", "alert_exprs",
+           "dashboard_and_alert_metric_names", "kube_state_metric_names", "scrape_names", "missing_from_scrape"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.core.market import MarketConfig
 from serve_app.core.trading import PortfolioConfig, RiskConfig, TradeConfig
-from serve_app.settings import DEFAULT_TIMEFRAME
+from serve_app.settings import (
+    DEFAULT_EXCHANGE, DEFAULT_QUOTE, DEFAULT_TIMEFRAME, EXCHANGE_PATTERN, QUOTE_PATTERN,
+)
 
 
 class AnalyticsArgs(BaseModel):
@@ -20,6 +22,16 @@ class AnalyticsArgs(BaseModel):
                                                     "(default SIGNAL_SPILL_DIR)")
     store_retry_s: float = Field(2.0, gt=0, description="after a store failure, record() journals straight "
                                                         "away for this long instead of trying the store")
+
+
+class MarketSource(BaseModel):
+    """The market data the service trades on: the stages read only the candles and news of this exchange and
+    quote currency (what `signalgen collect --exchange --quote` stores). It overrides SIGNAL_EXCHANGE and
+    SIGNAL_QUOTE in the replicas' environment."""
+
+    model_config = ConfigDict(extra="forbid")
+    exchange: str = Field(DEFAULT_EXCHANGE, pattern=EXCHANGE_PATTERN, description="a ccxt exchange id")
+    quote: str = Field(DEFAULT_QUOTE, pattern=QUOTE_PATTERN, description="the quote currency, e.g. USDT")
 
 
 class AppArgs(BaseModel):
@@ -38,6 +50,7 @@ class AppArgs(BaseModel):
                                 "(Serve queues it until a replacement is up); keep it below the proxy's "
                                 "request_timeout_s")
     model_root: str | None = Field(None, description="model registry directory (default: MODEL_DIR or models/artifacts)")
+    market_source: MarketSource = Field(default_factory=MarketSource)
     market_history: int = Field(1000, ge=100, description="candles per symbol kept by MarketContext")
     trade: TradeConfig = Field(default_factory=TradeConfig)
     portfolio: PortfolioConfig = Field(default_factory=PortfolioConfig)

@@ -6,11 +6,39 @@ Credentials only ever come from the environment (or a Kubernetes Secret mapped i
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_TIMEFRAME = "1h"
 HOME_ENV = "SIGNALGEN_HOME"
+
+# The market data source: the exchange (a ccxt id) and the quote currency every stored candle and news item
+# belongs to. The store reads and writes only its own source's rows, so two sources never mix.
+DEFAULT_EXCHANGE = "binance"
+DEFAULT_QUOTE = "USDT"
+EXCHANGE_PATTERN = r"^[a-z0-9_]{1,32}$"
+QUOTE_PATTERN = r"^[A-Z0-9]{1,16}$"
+
+
+def check_exchange(exchange: str) -> str:
+    """`exchange` when it is an exchange id (lowercase letters, digits, _), else ValueError."""
+    if not isinstance(exchange, str) or not re.match(EXCHANGE_PATTERN, exchange):
+        raise ValueError(f"exchange {exchange!r} is not an exchange id (lowercase letters, digits and _, "
+                         "like binance or kraken)")
+    return exchange
+
+
+def check_quote(quote: str) -> str:
+    """`quote` when it is a currency code (uppercase letters and digits), else ValueError."""
+    if not isinstance(quote, str) or not re.match(QUOTE_PATTERN, quote):
+        raise ValueError(f"quote {quote!r} is not a quote currency (uppercase letters and digits, like USDT)")
+    return quote
+
+
+def check_source(exchange: str, quote: str) -> tuple[str, str]:
+    """(exchange, quote) when both are well-formed, else ValueError naming the bad one."""
+    return check_exchange(exchange), check_quote(quote)
 
 
 def _source_checkout() -> Path | None:
@@ -45,7 +73,9 @@ SERVE_CONFIG = PROJECT_ROOT / "configs" / "serve_config.yaml"
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """Which backend to use: MySQL when MYSQL_HOST is set, else the embedded SQLite file."""
+    """Which backend to use: MySQL when MYSQL_HOST is set, else the embedded SQLite file; and which market
+    data source (`exchange`, `quote`) the store reads and writes: every candle and news query is limited to
+    it (SIGNAL_EXCHANGE, SIGNAL_QUOTE)."""
 
     mysql_host: str | None
     mysql_port: int
@@ -53,6 +83,19 @@ class StoreSettings:
     mysql_password: str
     mysql_database: str
     sqlite_path: Path
+    exchange: str = DEFAULT_EXCHANGE
+    quote: str = DEFAULT_QUOTE
+
+    def __post_init__(self) -> None:
+        check_source(self.exchange, self.quote)
+
+    @property
+    def source(self) -> str:
+        return f"{self.exchange}/{self.quote}"
+
+    def with_source(self, exchange: str, quote: str) -> "StoreSettings":
+        """The same database, another market data source."""
+        return replace(self, exchange=exchange, quote=quote)
 
     @property
     def backend(self) -> str:
@@ -73,6 +116,8 @@ class StoreSettings:
             mysql_password=env.get("MYSQL_PASSWORD", ""),
             mysql_database=env.get("MYSQL_DATABASE", "crypto_prices"),
             sqlite_path=Path(env.get("SIGNAL_DB_PATH", str(DEFAULT_SQLITE_PATH))),
+            exchange=env.get("SIGNAL_EXCHANGE") or DEFAULT_EXCHANGE,
+            quote=env.get("SIGNAL_QUOTE") or DEFAULT_QUOTE,
         )
 
 

@@ -27,8 +27,8 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # The metric-name helpers live next to the dashboard and the alerts (kuberay/metric_names.py); re-exported.
 from kuberay.metric_names import (  # noqa: E402
-    DASHBOARD, METRIC_NAME, PROMETHEUS_RULE, alert_exprs, dashboard_and_alert_metric_names, dashboard_exprs,
-    metric_names_in_promql, missing_from_scrape, scrape_names,
+    DASHBOARD, KUBE_STATE_METRICS, METRIC_NAME, PROMETHEUS_RULE, alert_exprs, dashboard_and_alert_metric_names,
+    dashboard_exprs, kube_state_metric_names, metric_names_in_promql, missing_from_scrape, scrape_names,
 )
 
 
@@ -259,4 +259,5 @@ __all__ = [
     "kustomization", "render_kustomization", "kustomize_command", "KustomizeUnavailable", "SETUP", "iter_containers", "crds_dir", "structural_schema",
     "custom_resource_errors", "CRDNotFound", "metric_names_in_promql", "dashboard_exprs", "alert_exprs",
     "dashboard_and_alert_metric_names", "scrape_names", "missing_from_scrape", "METRIC_NAME",
+    "KUBE_STATE_METRICS", "kube_state_metric_names",
 ]

@@ -1,12 +1,18 @@
 """The store contract: assertions every backend must satisfy, written once.
 
-A backend's test module subclasses `StoreContract` and provides a `store` fixture yielding an empty,
-migrated store (tests/unit/test_store_sqlite.py, tests/integration/test_store_mysql.py).
+A backend's test module subclasses `StoreContract` and provides the fixtures (tests/unit/test_store_sqlite.py,
+tests/integration/test_store_mysql.py):
+  store          an empty, migrated store (market data source binance/USDT)
+  same_database  (exchange, quote) -> another migrated store on `store`'s database, for that source
+  new_database   (exchange, quote) -> an unmigrated store on a database of its own, empty (one database per
+                 test: every call opens the same one)
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -16,7 +22,7 @@ from serve_app.core.timeutil import HOUR_MS
 from serve_app.data.sample import (
     SAMPLE_SOURCE, SAMPLE_SYMBOLS, holds_sample_data, sample_candles, sample_is_stale, seed_store,
 )
-from serve_app.store.schema import LATEST_VERSION
+from serve_app.store.schema import LATEST_VERSION, MIGRATIONS, SCHEMA_MIGRATIONS, SOURCE_KEY
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS  # an hour boundary
 NASTY = ["'; DROP TABLE signals; --", 'a "quoted" \'mixed\' value', "back\\slash \\' \\\" \\n end",
@@ -53,8 +59,39 @@ def candle_rows(n: int, start: int = T0, base: float = 100.0) -> list[tuple]:
     return [(start + i * HOUR_MS, base + i, base + i + 2, base + i - 1, base + i + 1, 10.0 + i) for i in range(n)]
 
 
+@contextmanager
+def store_opener(open_one: Callable[[str, str], Store]) -> Iterator[Callable[[str, str], Store]]:
+    """`open_one` as the contract's `same_database`/`new_database` fixture: every store it opened is closed
+    at the end."""
+    opened: list[Store] = []
+
+    def open_(exchange: str, quote: str) -> Store:
+        opened.append(open_one(exchange, quote))
+        return opened[-1]
+
+    try:
+        yield open_
+    finally:
+        for store in opened:
+            store.close()
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def create_version_1(store: Store) -> None:
+    """The schema as it was before candles and news carried their source: migration 1 only."""
+    for stmt in store.dialect.create_table(SCHEMA_MIGRATIONS):  # type: ignore[attr-defined]
+        store._q(stmt, mode="execute")  # type: ignore[attr-defined]
+    for stmt, params in MIGRATIONS[0].statements(store.dialect, store.table_columns, store.source):  # type: ignore
+        store._q(stmt, params, "execute")  # type: ignore[attr-defined]
+    store._q("INSERT INTO schema_migrations (version, description, applied_at_ms) VALUES (?, ?, ?)",  # type: ignore
+             (1, MIGRATIONS[0].description, T0), "execute")
+
+
 class StoreContract:
-    """Backend-independent tests; needs a `store` fixture (empty, migrated)."""
+    """Backend-independent tests; needs the fixtures named in the module docstring."""
 
     # ---- schema ----------------------------------------------------------------------------------
     def test_migrate_twice_is_a_noop(self, store: Store) -> None:
@@ -67,6 +104,59 @@ class StoreContract:
 
     def test_ping(self, store: Store) -> None:
         store.ping()
+
+    def test_a_database_at_version_1_migrates_in_place(self, new_database) -> None:
+        old = new_database("kraken", "EUR")  # the source the existing rows are given
+        create_version_1(old)
+        assert old.applied_versions() == [1] and not set(SOURCE_KEY) & old.table_columns("candles")
+        rows = candle_rows(6)
+        old._q("INSERT INTO candles (symbol, timeframe, open_time, open, high, low, close, volume) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [("BTC", "1h", *r) for r in rows], "executemany")
+        old._q("INSERT INTO news_sentiment (symbol, published_at, source, score, headline, headline_hash) "
+               "VALUES (?, ?, ?, ?, ?, ?)", [("BTC", T0, "feed", 0.5, "BTC up", sha256_hex("BTC up")),
+                                             ("ETH", T0 + 1, "feed", -0.5, "ETH down", sha256_hex("ETH down"))],
+               "executemany")
+
+        old.migrate()
+        assert old.applied_versions() == list(range(1, LATEST_VERSION + 1))
+        assert set(SOURCE_KEY) <= old.table_columns("candles")
+        assert set(SOURCE_KEY) <= old.table_columns("news_sentiment")
+        assert old.sources() == [("kraken", "EUR", 6)]
+        assert old.load_candles("BTC", "1h").to_rows() == rows
+        assert [(n.symbol, n.headline) for n in old.load_news(0)] == [("BTC", "BTC up"), ("ETH", "ETH down")]
+        assert old.insert_news([NewsItem("BTC", T0, "feed", 0.5, "BTC up")]) == 0  # still the same item
+
+        other = new_database("binance", "USDT")  # the migrated rows are kraken/EUR's, not anybody's
+        other.migrate()
+        assert len(other.load_candles("BTC", "1h")) == 0 and other.load_news(0) == []
+        assert other.upsert_candles("BTC", "1h", rows[:2]) == 2  # the same keys under another source
+        old.migrate()
+        assert old.applied_versions() == list(range(1, LATEST_VERSION + 1))
+        assert old.sources() == [("binance", "USDT", 2), ("kraken", "EUR", 6)]
+        assert old.load_candles("BTC", "1h").to_rows() == rows
+
+    # ---- market data sources -----------------------------------------------------------------------
+    def test_two_sources_in_one_database_never_mix(self, store: Store, same_database) -> None:
+        assert store.source == ("binance", "USDT")
+        kraken = same_database("kraken", "EUR")
+        ours, theirs = candle_rows(5), candle_rows(3, base=40.0)
+        store.upsert_candles("BTC", "1h", ours)
+        kraken.upsert_candles("BTC", "1h", theirs)  # the same symbol, timeframe and open times
+        kraken.upsert_candles("ETH", "4h", candle_rows(2))
+        assert store.load_candles("BTC", "1h").to_rows() == ours
+        assert kraken.load_candles("BTC", "1h").to_rows() == theirs
+        assert store.load_candles("BTC", "1h", limit=1).to_rows() == ours[-1:]
+        assert (store.list_symbols("1h"), store.list_symbols("4h"), kraken.list_symbols("4h")) == (["BTC"], [], ["ETH"])
+        assert [(s.symbol, s.timeframe, s.candles) for s in store.candle_series()] == [("BTC", "1h", 5)]
+        assert (store.list_timeframes(), kraken.list_timeframes()) == (["1h"], ["1h", "4h"])
+        assert store.sources() == kraken.sources() == [("binance", "USDT", 5), ("kraken", "EUR", 5)]
+
+        item = NewsItem("BTC", T0, "feed", 0.5, "the same headline")
+        assert store.insert_news([item]) == 1 and kraken.insert_news([item]) == 1  # once per source
+        assert kraken.insert_news([NewsItem("ETH", T0, "feed", -0.5, "kraken only")]) == 1
+        assert store.load_news(0) == [item] and len(kraken.load_news(0)) == 2
+        assert kraken.delete_news("feed", ["BTC"]) == 1 and store.load_news(0) == [item]
+        assert kraken.delete_candles("BTC", "1h") == 3 and store.load_candles("BTC", "1h").to_rows() == ours
 
     # ---- candles ---------------------------------------------------------------------------------
     def test_candles_upsert_and_load(self, store: Store) -> None:

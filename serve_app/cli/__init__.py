@@ -1,6 +1,7 @@
 """`signalgen`: the one command line of the system, thin commands over the package's own code.
 
     signalgen store    migrate | seed [--if-missing-or-stale] | info    schema, synthetic sample, contents
+    signalgen collect  [--symbols BTC,ETH] [--timeframes 1h,1m] [--loop]   keep market data fresh (ccxt)
     signalgen ingest   --exchange binance --symbols BTC,ETH --timeframe 1h --since 2024-01-01
     signalgen import   candles FILE.csv|FILE.json --symbol BTC [--timeframe 1h]
     signalgen import   news FILE.csv
@@ -25,6 +26,7 @@ from typing import Sequence
 # subcommand modules, in the order `--help` lists them
 MODULES = (
     "serve_app.cli.store",       # store migrate|seed|info
+    "serve_app.cli.collect",     # collect
     "serve_app.cli.ingest",      # ingest, import
     "serve_app.cli.train",       # train
     "serve_app.cli.evaluate",    # evaluate

@@ -1,29 +1,33 @@
 """`signalgen ingest` (OHLCV candles from an exchange through ccxt: serve_app/data/exchange.py) and
 `signalgen import candles|news FILE` (candles or news sentiment from a file: serve_app/data/candle_io.py),
 both into the configured store (MySQL when MYSQL_HOST is set, else the SQLite file). Both are idempotent:
-running them again adds no row twice.
+running them again adds no row twice. `ingest` stores under its --exchange/--quote source, `import` under
+SIGNAL_EXCHANGE/SIGNAL_QUOTE's. (`signalgen collect`, serve_app/cli/collect.py, keeps several series fresh
+through the same fetching code.)
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from serve_app.settings import DEFAULT_TIMEFRAME, StoreSettings
+from serve_app.settings import (
+    DEFAULT_EXCHANGE, DEFAULT_QUOTE, DEFAULT_TIMEFRAME, StoreSettings, check_exchange, check_quote,
+)
 from serve_app.store import Store, StoreError, open_store
-from serve_app.core.timeutil import iso_utc
+from serve_app.core.timeutil import DAY_MS, iso_utc
 from serve_app.data.sample import holds_sample_data
 from serve_app.data.candle_io import (
     FORMATS, REASONS, ImportResult, RowError, Validated, import_candles, import_news, parse_timestamp,
 )
 from serve_app.data.exchange import (
-    DEFAULT_LIMIT, DEFAULT_RETRIES, CandleFeed, IngestError, IngestResult, build_exchange, ingest_symbol, resume_from,
+    DEFAULT_LIMIT, DEFAULT_RETRIES, EXCHANGE_URL_ENV, CandleFeed, IngestError, IngestResult, build_exchange,
+    ingest_symbol, resume_from,
 )
 
-DEFAULT_EXCHANGE = "binance"
-DEFAULT_QUOTE = "USDT"
 DEFAULT_DAYS = 90
 DEFAULT_SHOW = 20
 MAX_SYMBOL = 32  # the store's symbol column
@@ -37,11 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ingest", help="pull OHLCV candles from an exchange (ccxt) into the store",
         description="Fetch complete OHLCV candles of SYMBOL/QUOTE from a ccxt exchange and upsert them into "
-                    "the configured store (MYSQL_HOST set: MySQL, else SIGNAL_DB_PATH). Without --since it "
-                    "resumes after the newest stored candle, or starts --days back. Idempotent.")
-    p.add_argument("--exchange", default=DEFAULT_EXCHANGE, help="ccxt exchange id (default: %(default)s)")
+                    "the configured store (MYSQL_HOST set: MySQL, else SIGNAL_DB_PATH), under the source "
+                    "EXCHANGE/QUOTE. Without --since it resumes after the newest stored candle, or starts --days "
+                    "back. Idempotent. To keep several symbols and timeframes fresh, use `signalgen collect`.")
+    add_source_options(p)
     p.add_argument("--symbols", required=True, type=_symbol_list, help="base symbols, comma-separated: BTC,ETH")
-    p.add_argument("--quote", default=DEFAULT_QUOTE, help="quote currency of the market (default: %(default)s)")
     p.add_argument("--timeframe", default=DEFAULT_TIMEFRAME, help="candle length (default: %(default)s)")
     p.add_argument("--since", type=_since, help="first candle: ISO date/time (UTC) or epoch ms "
                                                 "(default: resume after the last stored candle)")
@@ -71,6 +75,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("file", type=Path, metavar="FILE", help="a .csv file")
     _add_import_options(n)
     n.set_defaults(func=_cmd_import_news)
+
+
+def add_source_options(p: argparse.ArgumentParser) -> None:
+    """--exchange, --quote (the market and the store's source) and --exchange-url."""
+    p.add_argument("--exchange", type=_exchange_id, default=os.environ.get("SIGNAL_EXCHANGE") or DEFAULT_EXCHANGE,
+                   help="ccxt exchange id (default: SIGNAL_EXCHANGE, else %(default)s)")
+    p.add_argument("--quote", type=_quote, default=os.environ.get("SIGNAL_QUOTE") or DEFAULT_QUOTE,
+                   help="quote currency of the markets (default: SIGNAL_QUOTE, else %(default)s)")
+    p.add_argument("--exchange-url", default=os.environ.get(EXCHANGE_URL_ENV) or None, metavar="URL",
+                   help=f"send the exchange's API calls to this base URL instead (a proxy; default: "
+                        f"{EXCHANGE_URL_ENV})")
+
+
+def _exchange_id(text: str) -> str:
+    try:
+        return check_exchange(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _quote(text: str) -> str:
+    try:
+        return check_quote(text.strip().upper())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_show(p: argparse.ArgumentParser) -> None:
@@ -125,7 +154,7 @@ def _fail(command: str, message: str) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     try:
-        exchange = build_exchange(args.exchange)
+        exchange = build_exchange(args.exchange, args.exchange_url)
     except IngestError as exc:
         return _fail("ingest", str(exc))
     return run_ingest(args, exchange)
@@ -139,17 +168,18 @@ def run_ingest(args: argparse.Namespace, exchange: Any, sleep: Callable[[float],
     try:
         feed = CandleFeed(exchange, args.timeframe, limit=args.limit, max_retries=args.max_retries,
                           sleep=sleep, clock=clock)
-        store = open_store(StoreSettings.from_env())
+        store = open_store(StoreSettings.from_env().with_source(args.exchange, args.quote))
     except (ValueError, StoreError) as exc:
         return _fail("ingest", str(exc))
     failed = []
     with store:
-        print(f"ingesting {args.timeframe} candles from {feed.name} into {store.describe()}")
+        print(f"ingesting {args.timeframe} candles from {feed.name} into {store.describe()} "
+              f"(source {args.exchange}/{args.quote})")
         for symbol in args.symbols:
-            market = f"{symbol}/{args.quote.upper()}"
+            market = f"{symbol}/{args.quote}"
             try:
                 since = args.since if args.since is not None else \
-                    resume_from(store, symbol, args.timeframe, args.days, feed.now_ms())
+                    resume_from(store, symbol, args.timeframe, feed.now_ms() - args.days * DAY_MS)
                 total = max(0, (feed.now_ms() - since) // feed.step)
                 with tqdm(total=total, desc=symbol, unit="candle", disable=args.quiet, file=sys.stderr) as bar:
                     result = ingest_symbol(store, feed, symbol, market, since, bar.update)

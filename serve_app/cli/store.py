@@ -84,6 +84,11 @@ def cmd_info(store: Store, where: str, args: argparse.Namespace) -> int:
     series = store.candle_series()
     now = int(time.time() * 1000)
     print(f"store: {where} (backend {store.backend})")
+    exchange, quote = store.source
+    others = [f"{e}/{q} ({n} candles)" for e, q, n in store.sources() if (e, q) != store.source]
+    print(f"market data: {exchange}/{quote} (SIGNAL_EXCHANGE/SIGNAL_QUOTE); the candles and news below are this "
+          "source's"
+          + (f"; other sources in this database: {', '.join(others)}" if others else ""))
     print(f"candles: {len(series)} series (symbol x timeframe)")
     if series:
         print(f"  {'SYMBOL':<8} {'TF':<4} {'CANDLES':>8}  {'FIRST OPEN (UTC)':<25} {'LAST OPEN (UTC)':<25} AGE")
@@ -133,7 +138,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = StoreSettings.from_env()
+    try:
+        settings = StoreSettings.from_env()
+    except ValueError as exc:  # SIGNAL_EXCHANGE / SIGNAL_QUOTE malformed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     where = settings.describe()
     try:
         with open_store(settings) as store:

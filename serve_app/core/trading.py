@@ -130,13 +130,24 @@ def pre_trade_blocks(inp: SignalInput, candle: CandleFacts, pred: Prediction,
         (candle.atr_pct > cfg.max_atr_pct, "circuit_breaker",
          f"volatility circuit breaker: ATR {candle.atr_pct:.2%} of price exceeds {cfg.max_atr_pct:.2%}"),
         (age_s > cfg.max_data_age_s, "stale_data",
-         f"stale data: last candle opened {age_s / 3600:.1f} h before the signal time "
-         f"(limit {cfg.max_data_age_s / 3600:.1f} h)"),
+         f"stale data: last candle opened {_in_unit_of(age_s, cfg.max_data_age_s)} before the signal time "
+         f"(limit {_in_unit_of(cfg.max_data_age_s, cfg.max_data_age_s)})"),
         (deviation > cfg.max_price_deviation, "price_sanity",
          f"price sanity: {price:g} is {deviation:.1%} from the last close "
          f"{candle.last_close:g} (limit {cfg.max_price_deviation:.0%})"),
     ]
     return [(key, why) for failed, key, why in checks if failed]
+
+
+def _in_unit_of(seconds: float, limit_s: float) -> str:
+    """`seconds` in the unit that reads `limit_s` best (h from 2 h, min from 2 min, else s), so that an age
+    and its limit compare at a glance: "3.0 h (limit 2.0 h)" on hourly candles, "2.6 min (limit 2.5 min)"
+    on minute candles."""
+    if limit_s >= 7200:
+        return f"{seconds / 3600:.1f} h"
+    if limit_s >= 120:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s"
 
 
 def assess(work: Work, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, now: float | None = None) -> Verdict:

@@ -23,8 +23,7 @@ from ray import serve
 
 from serve_app.core.analytics import SignalJournal, score_pending, summarize
 from serve_app.core.timeutil import timeframe_ms
-from serve_app.deployments.base import StageBase
-from serve_app.settings import StoreSettings
+from serve_app.deployments.base import StageBase, source_settings
 from serve_app.settings import spill_dir as default_spill_dir
 from serve_app.store import StoreError, open_store
 
@@ -36,13 +35,15 @@ class Analytics(StageBase):
     stage = "analytics"
 
     def __init__(self, *, timeframe: str, flush_interval_s: float, outcome_horizon_candles: int,
-                 spill_dir: str | None, store_retry_s: float):
+                 spill_dir: str | None, store_retry_s: float, market_source: dict[str, str]):
         self._init_stage()
+        # signals are not per source, but their outcomes are scored on the served source's candles
+        self.settings = source_settings(market_source, self.stage)
         self.timeframe = timeframe
         self.horizon_candles = outcome_horizon_candles
         self.horizon_ms = outcome_horizon_candles * timeframe_ms(timeframe)
         # one journal scope per store: a replica never replays signals meant for another database
-        scope = hashlib.sha256(StoreSettings.from_env().describe().encode()).hexdigest()[:10]
+        scope = hashlib.sha256(self.settings.describe().encode()).hexdigest()[:10]
         self.journal = SignalJournal(Path(spill_dir) if spill_dir else default_spill_dir(), uuid.uuid4().hex[:12],
                                      scope=scope)
         self.store = None  # opened lazily so the replica starts while the database is down
@@ -59,7 +60,7 @@ class Analytics(StageBase):
     # ------------------------------------------------------------------------------------- the store
     def _get_store(self):
         if self.store is None:
-            self.store = open_store()
+            self.store = open_store(self.settings)
         return self.store
 
     def _insert(self, rows: list[dict]) -> int:

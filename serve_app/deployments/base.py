@@ -5,11 +5,37 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator
 
 from serve_app.deployments.metrics import StageMetrics
+from serve_app.settings import StoreSettings
+from serve_app.store import Store, open_store
 
 log = logging.getLogger("ray.serve")
+
+
+def source_settings(market_source: dict[str, str], stage: str,
+                    env: dict[str, str] | None = None) -> StoreSettings:
+    """The replica's StoreSettings (from its environment) for the serve config's `market_source`. The config
+    wins over SIGNAL_EXCHANGE/SIGNAL_QUOTE; when they disagree, the replica says so in its log."""
+    env = os.environ if env is None else env
+    settings = StoreSettings.from_env({k: v for k, v in env.items() if k not in ("SIGNAL_EXCHANGE", "SIGNAL_QUOTE")})
+    settings = settings.with_source(market_source["exchange"], market_source["quote"])
+    said = {k: env[k] for k in ("SIGNAL_EXCHANGE", "SIGNAL_QUOTE") if env.get(k)}
+    if said and (said.get("SIGNAL_EXCHANGE", settings.exchange), said.get("SIGNAL_QUOTE", settings.quote)) != \
+            (settings.exchange, settings.quote):
+        log.warning("%s: the serve config's market_source is %s but the environment says %s: serving %s "
+                    "(the config wins)", stage, settings.source, ", ".join(f"{k}={v}" for k, v in said.items()),
+                    settings.source)
+    else:
+        log.info("%s: market data source %s (the serve config's market_source)", stage, settings.source)
+    return settings
+
+
+def source_store_factory(market_source: dict[str, str], stage: str) -> Callable[[], Store]:
+    """Opens the store of the configured market source (for CandleCache and the like)."""
+    return partial(open_store, source_settings(market_source, stage))
 
 
 class StageBase:

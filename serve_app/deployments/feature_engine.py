@@ -10,18 +10,17 @@ from serve_app.core.cache import CandleCache
 from serve_app.core.features import SERVING_WINDOW, WARMUP
 from serve_app.core.pipeline import compute_features_batch
 from serve_app.core.records import SignalInput, Work
-from serve_app.deployments.base import StageBase
-from serve_app.store import open_store
+from serve_app.deployments.base import StageBase, source_store_factory
 
 @serve.deployment
 class FeatureEngine(StageBase):
     stage = "features"
 
     def __init__(self, *, timeframe: str, refresh_interval_s: float, max_data_age_s: float,
-                 symbols: list[str] | None):
+                 symbols: list[str] | None, market_source: dict[str, str]):
         self._init_stage()
         self.max_data_age_s = max_data_age_s
-        self.cache = CandleCache(open_store, timeframe, window=max(SERVING_WINDOW, WARMUP + 1), symbols=symbols,
+        self.cache = CandleCache(source_store_factory(market_source, self.stage), timeframe, window=max(SERVING_WINDOW, WARMUP + 1), symbols=symbols,
                                  on_query=self.record_query)
         self.cache.refresh()
         self._stop = self.cache.start_background(refresh_interval_s)

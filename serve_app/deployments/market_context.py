@@ -10,18 +10,18 @@ from serve_app.core.cache import CandleCache
 from serve_app.core.market import MarketConfig, MarketSnapshot
 from serve_app.core.pipeline import market_batch, refresh_market
 from serve_app.core.records import MarketView, SignalInput, StageError
-from serve_app.deployments.base import StageBase
-from serve_app.store import open_store
+from serve_app.deployments.base import StageBase, source_store_factory
 
 
 @serve.deployment
 class MarketContext(StageBase):
     stage = "market_context"
 
-    def __init__(self, *, config: dict, timeframe: str, refresh_interval_s: float, history: int):
+    def __init__(self, *, config: dict, timeframe: str, refresh_interval_s: float, history: int,
+                 market_source: dict[str, str]):
         self._init_stage()
         self.cfg = MarketConfig.model_validate(config)
-        self.cache = CandleCache(open_store, timeframe, window=history, on_query=self.record_query)
+        self.cache = CandleCache(source_store_factory(market_source, self.stage), timeframe, window=history, on_query=self.record_query)
         self.snapshot: MarketSnapshot | None = None
         self.news_error: str | None = None
         self._lock = threading.Lock()

@@ -1,7 +1,8 @@
 """`signalgen k8s preflight`: what would stop the RayService in kuberay/ from ever serving on this cluster.
 
 Read-only. The manifests are rendered with `kubectl kustomize <dir>` (and `<dir>/setup` when it exists) and
-everything the checks need is derived from them: the namespace, the RayService's images, Secret references,
+everything the checks need is derived from them: the namespace, the images and Secret references of every pod
+template (the RayService's groups, and the Jobs and CronJobs beside it: the schema migration, the collector),
 authOptions, PersistentVolumeClaims, NetworkPolicies, PodMonitors and PrometheusRules. The cluster is read
 with `kubectl get --raw <API path>` (JSON), so every kubeconfig auth method (exec plugins, tokens,
 certificates) works and no Kubernetes client library is needed.
@@ -9,9 +10,10 @@ certificates) works and no Kubernetes client library is needed.
 Checks, in order (each result PASS / WARN / FAIL, with a fix for WARN and FAIL):
   1. crd          rayservices.ray.io serves v1 and its schema knows every field the RayService uses
   2. operator     a KubeRay operator pod is Running; its version; a NetworkPolicy admits it to the head
-  3. namespace    the target namespace exists; every Secret (and key) the pods reference exists
+  3. namespace    the target namespace exists; every Secret (and key) the pods reference exists - the Ray
+                  pods' and the Jobs' (e.g. the migration's admin Secret signalgen-mysql-admin)
   4. pvc          each claim binds: its StorageClass exists (or a default one), ReadWriteMany is possible
-  5. image        no placeholder registry; a private registry has imagePullSecrets
+  5. image        no placeholder registry; a private registry has imagePullSecrets, for every pod using it
   6. prometheus   the prometheus-operator CRDs exist and a Prometheus selects our PodMonitors/rules and may
                   scrape the Ray pods; the alerts' runbook_url is not the placeholder (all WARN at worst:
                   without them the service serves, unobserved)
@@ -272,6 +274,11 @@ class PodTemplate:
     injected: list[dict] = field(default_factory=list)        # containers KubeRay adds (autoscaler sidecar)
     injected_init: list[dict] = field(default_factory=list)   # init containers KubeRay adds (wait-gcs-ready)
 
+    @property
+    def who(self) -> str:
+        """How a finding names these pods: a Ray group by its name, any other workload by kind and name."""
+        return self.group if self.ray else self.owner
+
     def containers(self, init: bool = False) -> list[dict]:
         key = "initContainers" if init else "containers"
         return [c for c in self.spec.get(key) or [] if isinstance(c, dict)]
@@ -415,7 +422,9 @@ def ray_pod_templates(cluster: Mapping[str, Any], kind: str, name: str) -> list[
 
 def secret_needs(manifests: Manifests) -> dict[str, SecretNeed]:
     """Every Secret the pods need: env secretKeyRef, envFrom secretRef, secret volumes (and projected ones),
-    imagePullSecrets (the pod's and its ServiceAccount's), and the RayService's authOptions.secretName."""
+    imagePullSecrets (the pod's and its ServiceAccount's), and the RayService's authOptions.secretName. The Ray
+    pods' come first, then those of the other workloads (the schema migration Job, the collector CronJob, ...),
+    each pod named by PodTemplate.who."""
     needs: dict[str, SecretNeed] = {}
 
     def need(name: str, purpose: str = "") -> SecretNeed:
@@ -424,31 +433,31 @@ def secret_needs(manifests: Manifests) -> dict[str, SecretNeed]:
             needs[key] = SecretNeed(name, purpose=purpose)
         return needs[key]
 
-    for pod in manifests.pod_templates():
+    for pod in sorted(manifests.pod_templates(), key=lambda p: not p.ray):
         for c in pod.containers() + pod.containers(init=True):
             for env in c.get("env") or []:
                 ref = ((env or {}).get("valueFrom") or {}).get("secretKeyRef")
                 if ref and ref.get("name"):
-                    need(ref["name"]).use(pod.group, not ref.get("optional", False), ref.get("key"), env.get("name"))
+                    need(ref["name"]).use(pod.who, not ref.get("optional", False), ref.get("key"), env.get("name"))
             for src in c.get("envFrom") or []:
                 ref = (src or {}).get("secretRef")
                 if ref and ref.get("name"):
-                    need(ref["name"]).use(pod.group, not ref.get("optional", False))
+                    need(ref["name"]).use(pod.who, not ref.get("optional", False))
         for vol in pod.spec.get("volumes") or []:
             sources = [vol.get("secret")] + [s.get("secret") for s in (vol.get("projected") or {}).get("sources") or []]
             for s in filter(None, sources):
                 secret_name = s.get("secretName") or s.get("name")
                 if secret_name:
                     n = need(secret_name)
-                    n.use(pod.group, not s.get("optional", False))
+                    n.use(pod.who, not s.get("optional", False))
                     for item in s.get("items") or []:
-                        n.use(pod.group, not s.get("optional", False), item.get("key"))
+                        n.use(pod.who, not s.get("optional", False), item.get("key"))
         pull = list(pod.spec.get("imagePullSecrets") or [])
         sa = manifests.service_account(pod.spec.get("serviceAccountName") or "")
         pull += (sa or {}).get("imagePullSecrets") or []
         for ref in pull:
             if ref.get("name"):
-                need(ref["name"], "imagePullSecret").use(pod.group, True)
+                need(ref["name"], "imagePullSecret").use(pod.who, True)
     for rs in manifests.rayservices:
         auth = ((rs.get("spec") or {}).get("rayClusterConfig") or {}).get("authOptions") or {}
         # KubeRay (raycluster_controller.go, reconcileAuthSecret): token mode with a secretName uses that Secret
@@ -860,7 +869,7 @@ class Preflight:
                    f"kubectl create namespace {self.ns}")
             required = [n for n in needs.values() if n.required]
             then = ("; then create the Secrets: " + ", ".join(
-                f"{n.name}" + (f" (key {', '.join(sorted(k for k, r in n.keys.items() if r))})" if n.keys else "")
+                f"{n.name}" + (f" ({_keys(sorted(k for k, r in n.keys.items() if r))})" if n.keys else "")
                 for n in required)) if required else ""
             self.add("namespace", WARN, f"namespace {self.ns} does not exist yet; Secrets not checked", how + then)
             return False
@@ -890,7 +899,7 @@ class Preflight:
                 env = f": {', '.join(sorted(need.env))} stays unset" if need.env else ""
                 self.add(check, PASS, f"optional Secret {need.name} not present{env} ({used})")
                 return
-            keys = f" (key {', '.join(required_keys)})" if required_keys else ""
+            keys = f" ({_keys(required_keys)})" if required_keys else ""
             consequence = ("the image pull fails unless the registry is public" if need.purpose == "imagePullSecret"
                            else "the pods would stay in CreateContainerConfigError")
             self.add(check, FAIL, f"{what} {need.name}{keys} not found in {self.ns} ({used}): {consequence}",
@@ -907,7 +916,7 @@ class Preflight:
                      "--dry-run=client -o yaml | kubectl apply -f -")
             return
         optional_missing = sorted(k for k, r in need.keys.items() if not r and k not in data)
-        keys = f"key {', '.join(required_keys)}" if required_keys else "present"
+        keys = _keys(required_keys) if required_keys else "present"
         note = f"; optional key {', '.join(optional_missing)} absent" if optional_missing else ""
         self.add(check, PASS, f"{what} {need.name}: {keys} ({used}){note}")
 
@@ -1035,10 +1044,17 @@ class Preflight:
                 self.add("image", FAIL, f"{image} is the unreplaced placeholder name (kustomize's images: did not "
                                         "apply)", f"set {where}")
                 continue
-            pull = sorted({s.get("name") for p in pods for s in (p.spec.get("imagePullSecrets") or []) +
-                           ((self.m.service_account(p.spec.get("serviceAccountName") or "") or {})
-                            .get("imagePullSecrets") or []) if s.get("name")})
-            if pull:
+            pulls = {id(p): self._pull_secrets(p) for p in pods}
+            pull = sorted(set().union(*pulls.values()))
+            without = [p for p in pods if not pulls[id(p)]]
+            if pull and without and registry not in PUBLIC_REGISTRIES:
+                accounts = sorted({p.spec.get("serviceAccountName") or "default" for p in without})
+                self.add("image", WARN, f"{image}: pull secrets {', '.join(pull)} for some pods, none for "
+                                        f"{', '.join(p.who for p in without)}: their image pull fails unless the "
+                                        "registry lets the nodes pull",
+                         f"add imagePullSecrets ({', '.join(pull)}) to the ServiceAccount "
+                         f"{', '.join(accounts)} too ({self.dir}/security/serviceaccount.yaml)")
+            elif pull:
                 self.add("image", PASS, f"{image} (pull secrets {', '.join(pull)})")
             elif registry in PUBLIC_REGISTRIES:
                 self.add("image", PASS, f"{image} (public registry {registry})")
@@ -1046,6 +1062,12 @@ class Preflight:
                 self.add("image", WARN, f"{image}: registry {registry}, no imagePullSecrets",
                          "if the registry is private, add imagePullSecrets to the pod templates (or to their "
                          "ServiceAccount), unless the nodes can pull from it themselves (e.g. an ECR node role)")
+
+    def _pull_secrets(self, pod: PodTemplate) -> set[str]:
+        """The imagePullSecrets a pod gets: its own and its ServiceAccount's."""
+        account = self.m.service_account(pod.spec.get("serviceAccountName") or "") or {}
+        return {s.get("name") for s in (pod.spec.get("imagePullSecrets") or []) +
+                (account.get("imagePullSecrets") or []) if s.get("name")}
 
     # 6. Prometheus --------------------------------------------------------------------------------------------
     def check_prometheus(self) -> None:
@@ -1243,6 +1265,11 @@ class Preflight:
         if self.k.get(CLUSTER_AUTOSCALER_STATUS, optional=True) is not None:
             return "the cluster autoscaler"
         return ""
+
+
+def _keys(keys: list[str]) -> str:
+    """'key a' or 'keys a, b'."""
+    return f"key{'s' if len(keys) > 1 else ''} {', '.join(keys)}"
 
 
 def _name(obj: dict) -> str:

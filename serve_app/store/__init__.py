@@ -21,17 +21,19 @@ __all__ = [
 
 def open_store(settings: StoreSettings | None = None, migrate: bool = True) -> Store:
     """The Store for `settings` (default: StoreSettings.from_env()), with the schema applied unless
-    `migrate` is False. Raises StoreUnavailable when the database cannot be reached."""
+    `migrate` is False; it reads and writes the candles and news of `settings.exchange`/`quote` only.
+    Raises StoreUnavailable when the database cannot be reached."""
     settings = settings or StoreSettings.from_env()
     if settings.backend == "mysql":
         from serve_app.store.mysql_store import MySQLStore
 
         store: Store = MySQLStore(settings.mysql_host or "", settings.mysql_port, settings.mysql_user,
-                                  settings.mysql_password, settings.mysql_database)
+                                  settings.mysql_password, settings.mysql_database,
+                                  exchange=settings.exchange, quote=settings.quote)
     else:
         from serve_app.store.sqlite_store import SQLiteStore
 
-        store = SQLiteStore(settings.sqlite_path)
+        store = SQLiteStore(settings.sqlite_path, exchange=settings.exchange, quote=settings.quote)
     if migrate:
         try:
             store.migrate()

@@ -93,9 +93,13 @@ class CandleSeries:
 
 class Store(ABC):
     """One interface for both backends. Implementations must be safe to call from one thread at a time
-    (deployments serialise access with a lock)."""
+    (deployments serialise access with a lock).
+
+    Candles and news belong to a market data source, `source` = (exchange, quote): every candle and news
+    method reads and writes the rows of the store's own source only (signals are not per source)."""
 
     backend: str
+    source: tuple[str, str]
 
     def __enter__(self) -> "Store":
         return self
@@ -142,6 +146,10 @@ class Store(ABC):
                        after_ms: int | None = None) -> int:
         """Delete this symbol's candles opening before `before_ms` or after `after_ms` (both None:
         all of them); returns rows deleted. Used to re-anchor the synthetic sample."""
+        raise NotImplementedError
+
+    def sources(self) -> list[tuple[str, str, int]]:
+        """Every source the database holds candles of: (exchange, quote, candles), sorted."""
         raise NotImplementedError
 
     # news

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pymysql
 from pymysql.err import InterfaceError, MySQLError, OperationalError
 
-from serve_app.store.base import StoreUnavailable
+from serve_app.settings import DEFAULT_EXCHANGE, DEFAULT_QUOTE
+from serve_app.store.base import StoreError, StoreUnavailable
 from serve_app.store.schema import MYSQL
 from serve_app.store.sqlbase import Mode, SQLStore
 
@@ -60,8 +62,9 @@ class MySQLStore(SQLStore):
 
     def __init__(self, host: str, port: int, user: str, password: str, database: str,
                  create_database: bool = True, *, connect_timeout: int = 5,
-                 read_timeout: int = 10, write_timeout: int = 10) -> None:
-        super().__init__()
+                 read_timeout: int = 10, write_timeout: int = 10, exchange: str = DEFAULT_EXCHANGE,
+                 quote: str = DEFAULT_QUOTE) -> None:
+        super().__init__(exchange, quote)
         self.host, self.port, self.user = host, int(port), user
         self.database = validate_database_name(database)
         self._password = password
@@ -135,6 +138,23 @@ class MySQLStore(SQLStore):
                                            f"connection lost and the retry failed: {exc}") from exc
                 log.warning("MySQL connection to %s:%s lost (%s); reconnecting", self.host, self.port, exc)
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def _migration_section(self) -> Iterator[None]:
+        """A named server lock (GET_LOCK: no privilege needed) so that two processes never apply a
+        migration at once. (MySQL commits DDL statement by statement; a migration's ALTER is one atomic
+        statement and every other step can be run again.)"""
+        lock = f"signalgen_migrate_{self.database}"[:64]  # the servers' limit on lock names
+        if int(self._q("SELECT GET_LOCK(?, ?)", [lock, 60])[0][0] or 0) != 1:
+            raise StoreError(f"MySQL at {self.host}:{self.port}: another process kept the migration lock "
+                             f"{lock!r} for 60 s")
+        try:
+            yield
+        finally:
+            try:
+                self._q("SELECT RELEASE_LOCK(?)", [lock])
+            except StoreError:
+                pass  # the connection is gone, and the lock with it
 
     def connection_id(self) -> int:
         """The server-side id of this store's connection (CONNECTION_ID(); for diagnostics)."""

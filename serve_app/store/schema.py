@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 from serve_app.store.base import OUTCOME_COLUMNS, SIGNAL_COLUMNS
 
@@ -57,26 +57,35 @@ SCHEMA_MIGRATIONS = Table(
     primary_key=("version",),
 )
 
-CANDLES = Table(
-    "candles",
-    (Column("symbol", "VARCHAR(32)", False), Column("timeframe", "VARCHAR(8)", False),
-     Column("open_time", "BIGINT", False), Column("open", "DOUBLE", False),
-     Column("high", "DOUBLE", False), Column("low", "DOUBLE", False),
-     Column("close", "DOUBLE", False), Column("volume", "DOUBLE", False)),
-    primary_key=("symbol", "timeframe", "open_time"),
-)
+# The market data source of a candle or news row (migration 2): the exchange (a ccxt id) and the quote
+# currency. Every candle and news query of the store is limited to the store's own source.
+SOURCE_COLUMNS: tuple[Column, ...] = (Column("exchange", "VARCHAR(32)", False), Column("quote", "VARCHAR(16)", False))
+SOURCE_KEY: tuple[str, ...] = tuple(c.name for c in SOURCE_COLUMNS)
+
+_CANDLE_COLUMNS = (Column("symbol", "VARCHAR(32)", False), Column("timeframe", "VARCHAR(8)", False),
+                   Column("open_time", "BIGINT", False), Column("open", "DOUBLE", False),
+                   Column("high", "DOUBLE", False), Column("low", "DOUBLE", False),
+                   Column("close", "DOUBLE", False), Column("volume", "DOUBLE", False))
+CANDLES_V1 = Table("candles", _CANDLE_COLUMNS, primary_key=("symbol", "timeframe", "open_time"))
+CANDLES = Table("candles", SOURCE_COLUMNS + _CANDLE_COLUMNS,
+                primary_key=(*SOURCE_KEY, "symbol", "timeframe", "open_time"))
 
 # headline_hash = sha256(headline) in hex: the unique key cannot include a TEXT column on MySQL.
-NEWS_COLUMNS: tuple[str, ...] = ("symbol", "published_at", "source", "score", "headline", "headline_hash")
-NEWS_DEDUP = Index("news_dedup", ("symbol", "published_at", "source", "headline_hash"), unique=True)
-NEWS_SENTIMENT = Table(
-    "news_sentiment",
-    (Column("id", "AUTO_ID", False), Column("symbol", "VARCHAR(32)", False),
-     Column("published_at", "BIGINT", False), Column("source", "VARCHAR(64)", False),
-     Column("score", "DOUBLE", False), Column("headline", "TEXT", False),
-     Column("headline_hash", "CHAR(64)", False)),
+_NEWS_COLUMNS = (Column("symbol", "VARCHAR(32)", False), Column("published_at", "BIGINT", False),
+                 Column("source", "VARCHAR(64)", False), Column("score", "DOUBLE", False),
+                 Column("headline", "TEXT", False), Column("headline_hash", "CHAR(64)", False))
+NEWS_SENTIMENT_V1 = Table(
+    "news_sentiment", (Column("id", "AUTO_ID", False),) + _NEWS_COLUMNS,
     indexes=(Index("news_symbol_published", ("symbol", "published_at")),
              Index("news_published", ("published_at",)),
+             Index("news_dedup", ("symbol", "published_at", "source", "headline_hash"), unique=True)),
+)
+NEWS_COLUMNS: tuple[str, ...] = (*SOURCE_KEY, *(c.name for c in _NEWS_COLUMNS))
+NEWS_DEDUP = Index("news_dedup", (*SOURCE_KEY, "symbol", "published_at", "source", "headline_hash"), unique=True)
+NEWS_SENTIMENT = Table(
+    "news_sentiment", (Column("id", "AUTO_ID", False),) + SOURCE_COLUMNS + _NEWS_COLUMNS,
+    indexes=(Index("news_symbol_published", (*SOURCE_KEY, "symbol", "published_at")),
+             Index("news_published", (*SOURCE_KEY, "published_at")),
              NEWS_DEDUP),
 )
 
@@ -120,20 +129,39 @@ SIGNAL_OUTCOMES = Table(
 DATA_TABLES: tuple[Table, ...] = (CANDLES, NEWS_SENTIMENT, SIGNALS, SIGNAL_OUTCOMES)
 
 
+Statement = tuple[str, tuple]  # SQL with `?` placeholders, and its parameters
+
+
 @dataclass(frozen=True)
 class Migration:
-    """One schema version. Its statements must be idempotent (CREATE ... IF NOT EXISTS)."""
+    """One schema version: tables to create, and existing tables that gain the source columns (given as
+    their new definition). Applying it twice changes nothing: tables are created IF NOT EXISTS, and a table
+    that has the source columns already is left alone."""
 
     version: int
     description: str
     tables: tuple[Table, ...] = field(default=())
+    add_source: tuple[Table, ...] = field(default=())
 
-    def statements(self, dialect: "Dialect") -> list[str]:
-        return [stmt for table in self.tables for stmt in dialect.create_table(table)]
+    def statements(self, dialect: "Dialect", columns: Callable[[str], set[str]],
+                   source: tuple[str, str]) -> list[Statement]:
+        """What brings a database at the previous version to this one. `columns(table)` is the table's
+        current column names; `source` the (exchange, quote) existing rows are given."""
+        out: list[Statement] = [(stmt, ()) for table in self.tables for stmt in dialect.create_table(table)]
+        for table in self.add_source:
+            if not set(SOURCE_KEY) <= columns(table.name):
+                out += dialect.add_source_columns(table, source)
+            # rows the columns were added to without their values ('' on MySQL): also after an interrupted run
+            out.append((f"UPDATE {table.name} SET {SOURCE_KEY[0]} = ?, {SOURCE_KEY[1]} = ? "
+                        f"WHERE {SOURCE_KEY[0]} = ''", tuple(source)))
+        return out
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "candles, news_sentiment, signals, signal_outcomes", DATA_TABLES),
+    Migration(1, "candles, news_sentiment, signals, signal_outcomes",
+              (CANDLES_V1, NEWS_SENTIMENT_V1, SIGNALS, SIGNAL_OUTCOMES)),
+    Migration(2, "candles and news_sentiment carry their exchange and quote currency",
+              add_source=(CANDLES, NEWS_SENTIMENT)),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -176,6 +204,41 @@ class Dialect:
             statements += [f"CREATE {'UNIQUE ' if ix.unique else ''}INDEX IF NOT EXISTS {ix.name} "
                            f"ON {table.name} ({', '.join(ix.columns)})" for ix in table.indexes]
         return statements
+
+    def columns_query(self) -> str:
+        """The column names of the table given as the one parameter."""
+        if self.name == "mysql":
+            return ("SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?")
+        return "SELECT name FROM pragma_table_info(?)"
+
+    def add_source_columns(self, table: Table, source: tuple[str, str]) -> list[Statement]:
+        """Bring `table` from its definition without the source columns to `table` (its definition with
+        them, in its primary key and indexes); existing rows get `source` (exchange, quote).
+
+        MySQL: one ALTER TABLE (atomic) adds the columns without a default - existing rows get '', which the
+        migration's UPDATE then replaces - and rebuilds the keys. SQLite cannot change a primary key, so the
+        table is rebuilt: created anew under a temporary name, filled, swapped in (the store runs a
+        migration's statements in one transaction there)."""
+        names = table.column_names
+        if self.name == "mysql":
+            at = names.index(SOURCE_KEY[0])
+            parts = [f"ADD COLUMN {self.column_sql(c)} " + (f"AFTER {names[at + i - 1]}" if at + i else "FIRST")
+                     for i, c in enumerate(SOURCE_COLUMNS)]
+            if table.primary_key:
+                parts += ["DROP PRIMARY KEY", f"ADD PRIMARY KEY ({', '.join(table.primary_key)})"]
+            for ix in table.indexes:
+                parts += [f"DROP INDEX {ix.name}",
+                          f"ADD {'UNIQUE ' if ix.unique else ''}KEY {ix.name} ({', '.join(ix.columns)})"]
+            return [(f"ALTER TABLE {table.name} {', '.join(parts)}", ())]
+        old = [c for c in names if c not in SOURCE_KEY]
+        staging = Table(f"{table.name}__v2", table.columns, table.primary_key)
+        return [*[(stmt, ()) for stmt in self.create_table(staging)],
+                (f"INSERT INTO {staging.name} ({', '.join((*SOURCE_KEY, *old))}) "
+                 f"SELECT ?, ?, {', '.join(old)} FROM {table.name}", tuple(source)),
+                (f"DROP TABLE {table.name}", ()),
+                (f"ALTER TABLE {staging.name} RENAME TO {table.name}", ()),
+                *[(stmt, ()) for stmt in self.create_table(table)[1:]]]  # its indexes, under their names
 
     def upsert(self, table: str, columns: Sequence[str], conflict: Sequence[str],
                update: Sequence[str] = ()) -> str:

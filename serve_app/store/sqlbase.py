@@ -10,18 +10,20 @@ import json
 import math
 import threading
 from abc import abstractmethod
-from typing import Any, Iterable, Literal, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
 from serve_app.core.timeutil import now_ms
+from serve_app.settings import DEFAULT_EXCHANGE, DEFAULT_QUOTE, check_source
 from serve_app.store.base import (
     CandleSeries,
     OUTCOME_COLUMNS, SIGNAL_COLUMNS, Candles, NewsItem, Store, StoreError, StoreUnavailable,
 )
 from serve_app.store.schema import (
     CANDLES, MIGRATIONS, NEWS_COLUMNS, NEWS_DEDUP, NEWS_SENTIMENT, SCHEMA_MIGRATIONS, SIGNAL_JSON_COLUMNS,
-    SIGNAL_OUTCOMES, SIGNALS, Dialect,
+    SIGNAL_OUTCOMES, SIGNALS, SOURCE_KEY, Dialect,
 )
 
 Mode = Literal["execute", "executemany", "query"]
@@ -92,14 +94,15 @@ def row_to_dict(columns: Sequence[str], row: Sequence[Any], bools: Sequence[str]
     return out
 
 
-def candle_params(symbol: str, timeframe: str, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    return [(symbol, timeframe, int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
+def candle_params(source: tuple[str, str], symbol: str, timeframe: str,
+                  rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    return [(*source, symbol, timeframe, int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
              float(r[5])) for r in rows]
 
 
-def news_params(item: NewsItem) -> tuple[Any, ...]:
+def news_params(source: tuple[str, str], item: NewsItem) -> tuple[Any, ...]:
     digest = hashlib.sha256(item.headline.encode("utf-8")).hexdigest()
-    return (item.symbol, int(item.published_at), item.source, float(item.score), item.headline, digest)
+    return (*source, item.symbol, int(item.published_at), item.source, float(item.score), item.headline, digest)
 
 
 def _in_list(column: str, values: Sequence[Any]) -> str:
@@ -116,13 +119,18 @@ def _where(conditions: list[str]) -> str:
 
 class SQLStore(Store):
     """All Store methods over a DB-API connection. Statements are written with `?` placeholders and
-    translated by the dialect; values are always bound parameters, never formatted into SQL."""
+    translated by the dialect; values are always bound parameters, never formatted into SQL.
+
+    Candles and news belong to a market data source (exchange, quote): the store reads and writes only the
+    rows of its own `source`, which it was opened with (StoreSettings.exchange/quote)."""
 
     dialect: Dialect
 
-    def __init__(self) -> None:
+    def __init__(self, exchange: str = DEFAULT_EXCHANGE, quote: str = DEFAULT_QUOTE) -> None:
         self._lock = threading.RLock()
         self._closed = False
+        self.source: tuple[str, str] = check_source(exchange, quote)
+        self._scope = " AND ".join(f"{c} = ?" for c in SOURCE_KEY)  # the source condition, bound to .source
 
     # ---- backend hook --------------------------------------------------------------------------
     @abstractmethod
@@ -132,6 +140,12 @@ class SQLStore(Store):
 
     def _close_connection(self) -> None:
         """Release the driver connection (called once by close())."""
+
+    @contextmanager
+    def _migration_section(self) -> Iterator[None]:
+        """Around applying one migration: no other process applies one meanwhile, and (where the database
+        can) its statements take effect together or not at all."""
+        yield
 
     def _q(self, sql: str, params: Sequence[Any] = (), mode: Mode = "query") -> Any:
         if self._closed:
@@ -160,23 +174,42 @@ class SQLStore(Store):
         """Apply the missing migrations. When every one is recorded already this only reads, so a
         least-privilege user (no CREATE) can open a store an admin has migrated."""
         try:
-            applied = set(self.applied_versions())
+            applied: set[int] | None = set(self.applied_versions())
         except StoreUnavailable:
             raise
         except Exception:  # noqa: BLE001 - no schema_migrations table yet (or unreadable): create it below
-            applied = set()
-        if all(m.version in applied for m in MIGRATIONS):
+            applied = None
+        if applied is not None and all(m.version in applied for m in MIGRATIONS):
             return
-        for stmt in self.dialect.create_table(SCHEMA_MIGRATIONS):
-            self._q(stmt, mode="execute")
-        applied = set(self.applied_versions())
+        if applied is None:
+            with self._migration_failure("creating schema_migrations"):
+                for stmt in self.dialect.create_table(SCHEMA_MIGRATIONS):
+                    self._q(stmt, mode="execute")
         record = self.dialect.upsert(SCHEMA_MIGRATIONS.name, SCHEMA_MIGRATIONS.column_names, ("version",))
         for migration in MIGRATIONS:
-            if migration.version in applied:
-                continue
-            for stmt in migration.statements(self.dialect):
-                self._q(stmt, mode="execute")
-            self._q(record, (migration.version, migration.description, now_ms()), "execute")
+            with self._lock, self._migration_section():
+                if migration.version in set(self.applied_versions()):  # read again: another process may have
+                    continue
+                with self._migration_failure(f"schema migration {migration.version} ({migration.description})"):
+                    for stmt, params in migration.statements(self.dialect, self.table_columns, self.source):
+                        self._q(stmt, params, "execute")
+                    self._q(record, (migration.version, migration.description, now_ms()), "execute")
+
+    @contextmanager
+    def _migration_failure(self, what: str) -> Iterator[None]:
+        """A driver error while migrating as a StoreError that says what failed and what to do."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the drivers share no error base class
+            raise StoreError(f"{self.describe()}: {what} failed: {type(exc).__name__}: {exc}. A user without the "
+                             "privileges to create and alter tables cannot migrate the schema: run `signalgen "
+                             "store migrate` as the database admin") from exc
+
+    def table_columns(self, table: str) -> set[str]:
+        """The column names of `table` as the database has it now (empty when it does not exist)."""
+        return {str(r[0]) for r in self._q(self.dialect.columns_query(), [table])}
 
     def applied_versions(self) -> list[int]:
         """Schema versions recorded in schema_migrations, ascending."""
@@ -187,7 +220,7 @@ class SQLStore(Store):
 
     # ---- candles -------------------------------------------------------------------------------
     def upsert_candles(self, symbol: str, timeframe: str, rows: Iterable[Sequence[Any]]) -> int:
-        params = candle_params(symbol, timeframe, rows)
+        params = candle_params(self.source, symbol, timeframe, rows)
         sql = self.dialect.upsert(CANDLES.name, CANDLES.column_names, CANDLES.primary_key, _CANDLE_VALUES)
         self._q(sql, params, "executemany")
         return len(params)
@@ -195,7 +228,7 @@ class SQLStore(Store):
     def load_candles(self, symbol: str, timeframe: str, limit: int | None = None,
                      since_ms: int | None = None, until_ms: int | None = None) -> Candles:
         """Ascending; since_ms and until_ms are both inclusive; `limit` keeps the newest."""
-        conditions, params = ["symbol = ?", "timeframe = ?"], [symbol, timeframe]
+        conditions, params = [self._scope, "symbol = ?", "timeframe = ?"], [*self.source, symbol, timeframe]
         if since_ms is not None:
             conditions.append("open_time >= ?")
             params.append(int(since_ms))
@@ -206,17 +239,18 @@ class SQLStore(Store):
         return Candles.from_rows(symbol, timeframe, self._ascending(sql, params, ("open_time",), limit))
 
     def list_symbols(self, timeframe: str) -> list[str]:
-        rows = self._q("SELECT DISTINCT symbol FROM candles WHERE timeframe = ? ORDER BY symbol", [timeframe])
+        rows = self._q(f"SELECT DISTINCT symbol FROM candles WHERE {self._scope} AND timeframe = ? ORDER BY symbol",
+                       [*self.source, timeframe])
         return [r[0] for r in rows]
 
     def candle_series(self) -> list[CandleSeries]:
         rows = self._q("SELECT symbol, timeframe, COUNT(*), MIN(open_time), MAX(open_time) FROM candles "
-                       "GROUP BY symbol, timeframe ORDER BY symbol, timeframe")
+                       f"WHERE {self._scope} GROUP BY symbol, timeframe ORDER BY symbol, timeframe", self.source)
         return [CandleSeries(str(sym), str(tf), int(n), int(first), int(last)) for sym, tf, n, first, last in rows]
 
     def delete_candles(self, symbol: str, timeframe: str, before_ms: int | None = None,
                        after_ms: int | None = None) -> int:
-        outside, params = [], [symbol, timeframe]
+        outside, params = [], [*self.source, symbol, timeframe]
         if before_ms is not None:
             outside.append("open_time < ?")
             params.append(int(before_ms))
@@ -224,16 +258,24 @@ class SQLStore(Store):
             outside.append("open_time > ?")
             params.append(int(after_ms))
         scope = f" AND ({' OR '.join(outside)})" if outside else ""
-        return self._q(f"DELETE FROM candles WHERE symbol = ? AND timeframe = ?{scope}", params, "execute")
+        return self._q(f"DELETE FROM candles WHERE {self._scope} AND symbol = ? AND timeframe = ?{scope}", params,
+                       "execute")
+
+    def sources(self) -> list[tuple[str, str, int]]:
+        """Every market data source the database holds candles of, with how many: (exchange, quote,
+        candles), this store's own among them when it has any. (The only read across sources.)"""
+        rows = self._q(f"SELECT {', '.join(SOURCE_KEY)}, COUNT(*) FROM candles GROUP BY {', '.join(SOURCE_KEY)} "
+                       f"ORDER BY {', '.join(SOURCE_KEY)}")
+        return [(str(e), str(q), int(n)) for e, q, n in rows]
 
     # ---- news ----------------------------------------------------------------------------------
     def insert_news(self, items: Iterable[NewsItem]) -> int:
         """Idempotent on (symbol, published_at, source, headline); returns the number of new rows."""
         sql = self.dialect.upsert(NEWS_SENTIMENT.name, NEWS_COLUMNS, NEWS_DEDUP.columns)
-        return self._q(sql, [news_params(i) for i in items], "executemany")
+        return self._q(sql, [news_params(self.source, i) for i in items], "executemany")
 
     def load_news(self, since_ms: int, symbols: Sequence[str] | None = None) -> list[NewsItem]:
-        conditions, params = ["published_at >= ?"], [int(since_ms)]
+        conditions, params = [self._scope, "published_at >= ?"], [*self.source, int(since_ms)]
         if symbols is not None:
             if not symbols:
                 return []
@@ -244,7 +286,7 @@ class SQLStore(Store):
         return [NewsItem(r[0], int(r[1]), r[2], float(r[3]), r[4]) for r in rows]
 
     def delete_news(self, source: str, symbols: Sequence[str] | None = None) -> int:
-        conditions, params = ["source = ?"], [source]
+        conditions, params = [self._scope, "source = ?"], [*self.source, source]
         if symbols is not None:
             if not symbols:
                 return 0

@@ -3,9 +3,11 @@ the writer. Used when MYSQL_HOST is not set, so a fresh clone runs without a dat
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from serve_app.settings import DEFAULT_EXCHANGE, DEFAULT_QUOTE
 from serve_app.store.base import StoreUnavailable
 from serve_app.store.schema import SQLITE
 from serve_app.store.sqlbase import Mode, SQLStore
@@ -19,9 +21,11 @@ class SQLiteStore(SQLStore):
     backend = "sqlite"
     dialect = SQLITE
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 10.0) -> None:
-        super().__init__()
+    def __init__(self, path: str | Path, busy_timeout_s: float = 10.0, *, exchange: str = DEFAULT_EXCHANGE,
+                 quote: str = DEFAULT_QUOTE) -> None:
+        super().__init__(exchange, quote)
         self.path = Path(path) if str(path) != ":memory:" else None
+        self._in_transaction = False
         self._conn = self._connect(busy_timeout_s)
 
     def describe(self) -> str:
@@ -46,20 +50,41 @@ class SQLiteStore(SQLStore):
             raise StoreUnavailable(f"cannot open SQLite database {self.describe()}: {exc}") from exc
 
     def _run(self, sql: str, params: Any, mode: Mode) -> Any:
-        """One statement; writes are committed (executemany as a single transaction)."""
+        """One statement; writes are committed (executemany as a single transaction), except inside
+        `_migration_section`, which commits them together."""
         try:
             if mode == "query":
                 return self._conn.execute(sql, params).fetchall()
             cursor = self._conn.executemany(sql, params) if mode == "executemany" \
                 else self._conn.execute(sql, params)
-            self._conn.commit()
+            if not self._in_transaction:
+                self._conn.commit()
             return cursor.rowcount
         except sqlite3.Error as exc:
-            self._rollback_quietly()
+            if not self._in_transaction:
+                self._rollback_quietly()
             if isinstance(exc, sqlite3.OperationalError) and \
                     any(m in str(exc).lower() for m in _UNAVAILABLE_MESSAGES):
                 raise StoreUnavailable(f"SQLite database {self.describe()} unavailable: {exc}") from exc
             raise
+
+    @contextmanager
+    def _migration_section(self) -> Iterator[None]:
+        """One transaction that holds the write lock from its start (BEGIN IMMEDIATE): another process
+        migrating waits, then sees this migration applied; a failed migration leaves nothing behind."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite database {self.describe()} unavailable: {exc}") from exc
+        self._in_transaction = True
+        try:
+            yield
+            self._conn.commit()
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        finally:
+            self._in_transaction = False
 
     def _rollback_quietly(self) -> None:
         try:

@@ -22,9 +22,8 @@ import pytest
 from serve_app.cluster import applications, deploy, wait_deleted
 from serve_app.settings import StoreSettings
 from tests.conftest import stored_signal_counts
-from tests.integration.conftest import STORE_DOWN_APP, proxied_database
+from tests.integration.conftest import proxied_database, session_apps_config
 from tests.polling import wait_for
-from tests.ray_helpers import serve_config_for_test
 
 # A scenario in steps: the fixture deploys /dbfault with the database down, the first test sees that start and
 # brings the database up, the next cuts it mid-run. The module's place in the suite is random; its order is not.
@@ -35,14 +34,8 @@ SYMBOLS = ["BTC", "ETH", "SOL"]
 
 
 def _config(http_port: int, env: dict[str, str], dbfault_env: dict[str, str] | None) -> dict:
-    """The session's two apps exactly as tests/integration/conftest.py deploys them (so a PUT leaves them
-    running untouched), plus /dbfault when `dbfault_env` is given."""
-    extra = dict(STORE_DOWN_APP)
-    if dbfault_env is not None:
-        extra[APP] = dbfault_env
-    return serve_config_for_test(http_port, env, overrides={"refresh_interval_s": 2}, extra_apps=extra,
-                                 extra_app_overrides={APP: {"refresh_interval_s": 1}},
-                                 extra_app_num_cpus={APP: 0.01})
+    """The session's two apps, plus /dbfault when `dbfault_env` is given."""
+    return session_apps_config(http_port, env, APP, dbfault_env)
 
 
 def _replica_ids(dashboard: str) -> set[str]:

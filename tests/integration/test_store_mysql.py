@@ -3,17 +3,21 @@ the shared store contract, plus reconnection and unreachable-server behaviour.""
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
 
 import pymysql
 import pytest
 
 from serve_app.settings import StoreSettings
-from serve_app.store import StoreUnavailable, open_store
+from serve_app.store import StoreError, StoreUnavailable, open_store
 from serve_app.store.mysql_store import MySQLStore
 from serve_app.store.schema import DATA_TABLES
 from tests.polling import wait_for
 from tests.conftest import mysql_admin_connection
-from tests.store_contract import T0, StoreContract, candle_rows, make_signal
+from tests.store_contract import T0, StoreContract, candle_rows, create_version_1, make_signal, store_opener
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.mysql
@@ -33,8 +37,47 @@ def store(mysql_store: MySQLStore) -> MySQLStore:
     return mysql_store
 
 
+@pytest.fixture
+def same_database(mysql_settings: StoreSettings, store: MySQLStore) -> Iterator:
+    with store_opener(lambda exchange, quote: open_store(mysql_settings.with_source(exchange, quote))) as opener:
+        yield opener
+
+
+@pytest.fixture
+def new_database(mysql_settings: StoreSettings) -> Iterator:
+    """Stores on a database of this test's own, created empty by the first one opened, dropped afterwards."""
+    settings = replace(mysql_settings, mysql_database=f"signalgen_test_{uuid.uuid4().hex[:12]}")
+    try:
+        with store_opener(lambda exchange, quote: open_store(settings.with_source(exchange, quote),
+                                                             migrate=False)) as opener:
+            yield opener
+    finally:
+        admin = mysql_admin_connection()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{settings.mysql_database}`")
+        admin.close()
+
+
 class TestMySQLContract(StoreContract):
     pass
+
+
+def test_the_source_columns_have_no_default(store: MySQLStore, mysql_settings: StoreSettings) -> None:
+    """Only the store writes the source, always explicitly: a row written without one is an error, never
+    silently some default source's."""
+    admin = mysql_admin_connection(mysql_settings.mysql_database)
+    with admin.cursor() as cur:
+        cur.execute("SELECT TABLE_NAME, COLUMN_NAME, IS_NULLABLE, COLUMN_DEFAULT FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME IN ('exchange', 'quote') ORDER BY 1, 2")
+        columns = cur.fetchall()
+        with pytest.raises(pymysql.err.OperationalError, match="exchange"):
+            cur.execute("INSERT INTO candles (quote, symbol, timeframe, open_time, open, high, low, close, volume) "
+                        "VALUES ('USDT', 'BTC', '1h', 0, 1, 1, 1, 1, 1)")
+    admin.close()
+    assert [(t, c, n) for t, c, n, _ in columns] == [
+        ("candles", "exchange", "NO"), ("candles", "quote", "NO"),
+        ("news_sentiment", "exchange", "NO"), ("news_sentiment", "quote", "NO")]
+    assert all(d is None or d == "NULL" for *_, d in columns)
 
 
 def kill_connection(connection_id: int) -> None:
@@ -142,29 +185,44 @@ def test_tables_use_utf8mb4(store: MySQLStore, mysql_settings: StoreSettings) ->
     assert all(c.startswith("utf8mb4") for c in collations.values())
 
 
-def test_the_service_runs_with_the_least_privilege_user_from_the_readme(mysql_settings: StoreSettings,
-                                                                       mysql_store: MySQLStore) -> None:
-    """The documented grants (docs/security.md: SELECT on market data and schema_migrations, SELECT + INSERT on signals and
-    outcomes) suffice for everything a serving replica does, and nothing more is allowed."""
+@contextmanager
+def limited_user(db: str, grants: list[str]) -> Iterator[tuple[str, str]]:
+    """A MySQL user (user, password) with only these grants (`SELECT ON {db}.candles`, ...), dropped afterwards."""
     import secrets
 
-    from serve_app.core.analytics import score_pending
-
-    mysql_store.upsert_candles("BTC", "1h", candle_rows(10))  # the admin migrated (fixture) and loads market data
-    db, user, password = mysql_settings.mysql_database, f"sg_ro_{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
+    user = f"sg_ro_{uuid.uuid4().hex[:8]}"
+    password = secrets.token_hex(16)
     admin = mysql_admin_connection()
-    grants = [f"SELECT ON `{db}`.candles", f"SELECT ON `{db}`.news_sentiment", f"SELECT ON `{db}`.schema_migrations",
-              f"SELECT, INSERT ON `{db}`.signals", f"SELECT, INSERT ON `{db}`.signal_outcomes"]
     hosts = ("localhost", "127.0.0.1", "%")
     with admin.cursor() as cur:
         for host in hosts:
             cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (user, host, password))
             for grant in grants:
-                cur.execute(f"GRANT {grant} TO %s@%s", (user, host))
+                cur.execute(f"GRANT {grant.format(db=db)} TO %s@%s", (user, host))
     try:
-        limited = StoreSettings(mysql_host=mysql_settings.mysql_host, mysql_port=mysql_settings.mysql_port,
-                                mysql_user=user, mysql_password=password, mysql_database=db,
-                                sqlite_path=mysql_settings.sqlite_path)
+        yield user, password
+    finally:
+        with admin.cursor() as cur:
+            for host in hosts:
+                cur.execute("DROP USER IF EXISTS %s@%s", (user, host))
+        admin.close()
+
+
+# docs/security.md: SELECT on market data and schema_migrations, SELECT + INSERT on signals and outcomes
+RUNTIME_GRANTS = ["SELECT ON `{db}`.candles", "SELECT ON `{db}`.news_sentiment", "SELECT ON `{db}`.schema_migrations",
+                  "SELECT, INSERT ON `{db}`.signals", "SELECT, INSERT ON `{db}`.signal_outcomes"]
+
+
+def test_the_service_runs_with_the_least_privilege_user_from_the_readme(mysql_settings: StoreSettings,
+                                                                       mysql_store: MySQLStore) -> None:
+    """The documented grants (docs/security.md: SELECT on market data and schema_migrations, SELECT + INSERT on signals and
+    outcomes) suffice for everything a serving replica does, and nothing more is allowed."""
+    from serve_app.core.analytics import score_pending
+
+    mysql_store.upsert_candles("BTC", "1h", candle_rows(10))  # the admin migrated (fixture) and loads market data
+    db = mysql_settings.mysql_database
+    with limited_user(db, RUNTIME_GRANTS) as (user, password):
+        limited = replace(mysql_settings, mysql_user=user, mysql_password=password)
         with open_store(limited) as store:  # opening checks the schema version with reads only
             assert len(store.load_candles("BTC", "1h")) == 10
             records = [make_signal(f"lp-{i}", T0 + i * 3_600_000) for i in range(3)]
@@ -178,8 +236,18 @@ def test_the_service_runs_with_the_least_privilege_user_from_the_readme(mysql_se
                 store.upsert_candles("BTC", "1h", candle_rows(1))
             with pytest.raises(pymysql.err.OperationalError, match="denied"):
                 store._q("DELETE FROM signals", mode="execute")
-    finally:
-        with admin.cursor() as cur:
-            for host in hosts:
-                cur.execute("DROP USER IF EXISTS %s@%s", (user, host))
-        admin.close()
+
+
+def test_a_user_who_may_not_migrate_is_told_to_run_migrate_as_the_admin(new_database) -> None:
+    """A database an upgrade has not migrated yet (here: at version 1): the least-privilege user's store cannot
+    apply the migration, and says so, instead of a bare driver error; the database is left as it was."""
+    old = new_database("binance", "USDT")
+    create_version_1(old)
+    with limited_user(old.database, RUNTIME_GRANTS) as (user, password):
+        limited = StoreSettings(mysql_host=old.host, mysql_port=old.port, mysql_user=user, mysql_password=password,
+                                mysql_database=old.database, sqlite_path=Path("unused.sqlite"))
+        with pytest.raises(StoreError, match=r"schema migration 2 \(candles and news_sentiment carry their exchange "
+                                             r"and quote currency\) failed: OperationalError: .*denied.*run `signalgen "
+                                             r"store migrate` as the database admin"):
+            open_store(limited)
+    assert old.applied_versions() == [1] and "exchange" not in old.table_columns("candles")

@@ -413,7 +413,7 @@ def test_network_errors_are_retried_with_backoff() -> None:
 def test_too_many_network_errors_fail_cleanly() -> None:
     exchange, _, feed = make_feed(30, max_retries=2)
     exchange.failures = [ccxt.NetworkError("down")] * 5
-    with pytest.raises(exchange_mod.IngestError, match="gave up after 3 attempts"):
+    with pytest.raises(exchange_mod.IngestError, match="BTC/USDT 1h: NetworkError after 3 tries: down"):
         list(feed.pages("BTC/USDT", T0))
     assert len(exchange.calls) == 3
 
@@ -483,13 +483,13 @@ def test_ingest_failures_exit_2_and_other_symbols_still_ingest(env_store: Store,
     args = ingest_args("--symbols", "DOGE,BTC", "--since", str(T0), "--max-retries", "1")
     assert ingest.run_ingest(args, exchange, sleep=clock.sleep, clock=clock) == 2
     err = capsys.readouterr().err
-    assert "DOGE: fakex rejected DOGE/USDT 1h: BadSymbol" in err and "Traceback" not in err
+    assert "DOGE: DOGE/USDT 1h: BadSymbol: fakex does not have market symbol DOGE/USDT" in err and "Traceback" not in err
     assert len(env_store.load_candles("BTC", "1h")) == 9
 
     exchange.failures = [ccxt.RequestTimeout("t")] * 2
     assert ingest.run_ingest(ingest_args("--symbols", "ETH", "--since", str(T0), "--max-retries", "1"),
                              exchange, sleep=clock.sleep, clock=clock) == 2
-    assert "network error, gave up after 2 attempts" in capsys.readouterr().err
+    assert "ETH: ETH/USDT 1h: RequestTimeout after 2 tries: t" in capsys.readouterr().err
 
 
 def test_ingest_command_rejects_unknown_exchange_and_bad_options(env_store: Store,

@@ -311,7 +311,8 @@ def test_ready_cluster_passes_every_check(run_preflight) -> None:
     assert not report.failed
     checks = [r.check for r in report.results]
     for check in ("crd", "operator", "operator version", "operator network", "namespace", "secret signalgen-mysql",
-                  "secret signalgen-ray-token", "secret signalgen-api-key", "pvc signalgen-models",
+                  "secret signalgen-ray-token", "secret signalgen-api-key", "secret signalgen-mysql-admin",
+                  "secret signalgen-mysql-collector", "pvc signalgen-models",
                   "pvc signalgen-spill", "image", "prometheus crds", "prometheus podmonitors", "prometheus rules",
                   "prometheus network", "prometheus runbooks", "capacity"):
         assert check in checks, check
@@ -475,6 +476,28 @@ def test_missing_ray_token_secret_fails(run_preflight) -> None:
     assert "--from-literal=auth_token=<value>" in secret.fix
 
 
+def test_missing_migration_admin_secret_fails_naming_the_job(run_preflight) -> None:
+    """The Secrets of the Jobs beside the RayService are found in their pod templates: the schema migration's
+    admin credentials (a Job) and the collector's (a CronJob's job template)."""
+    routes = ready_cluster()
+    remove(routes, SECRETS, "signalgen-mysql-admin")
+    item(routes, SECRETS, "signalgen-mysql-collector")["data"] = {"password": "<redacted>"}
+    report, _ = run_preflight(routes)
+    admin = result(report, "secret signalgen-mysql-admin")
+    assert admin.status == FAIL
+    assert ("Secret signalgen-mysql-admin (keys password, username) not found in crypto-trading "
+            "(used by Job signalgen-migrate)") in admin.detail
+    assert admin.fix == ("kubectl -n crypto-trading create secret generic signalgen-mysql-admin "
+                         "--from-literal=password=<value> --from-literal=username=<value>")
+    collector = result(report, "secret signalgen-mysql-collector")
+    assert collector.status == FAIL
+    assert "has no key username (its keys: password; used by CronJob signalgen-collect-1h)" in collector.detail
+    # the runtime user's Secret is still the workers' alone
+    assert result(report, "secret signalgen-mysql").detail.endswith("(used by cpu-workers, ml-workers)")
+    checks = [r.check for r in report.results if r.check.startswith("secret ")]
+    assert checks.index("secret signalgen-mysql") < checks.index("secret signalgen-mysql-admin"), "Ray pods first"
+
+
 def test_optional_api_key_secret_may_be_missing(run_preflight) -> None:
     routes = ready_cluster()
     remove(routes, SECRETS, "signalgen-api-key")
@@ -493,6 +516,7 @@ def test_namespace_not_created_yet_warns_with_the_setup_apply(run_preflight) -> 
     assert "kubectl apply --server-side -k kuberay/setup" in namespace.fix
     assert "signalgen-mysql (key password)" in namespace.fix
     assert "signalgen-ray-token (key auth_token)" in namespace.fix
+    assert "signalgen-mysql-admin (keys password, username)" in namespace.fix
     assert not [r for r in report.results if r.check.startswith("secret ")]
     # the claims are judged by the class they will get
     assert "ReadWriteMany on class standard-rwx (filestore.csi.storage.gke.io)" in \
@@ -559,6 +583,34 @@ def test_private_registry_without_pull_secret_warns(run_preflight, tmp_path: Pat
     report, _ = run_preflight(ready_cluster(), manifests=manifests)
     image = result(report, "image")
     assert image.status == WARN and "registry us-central1-docker.pkg.dev, no imagePullSecrets" in image.detail
+
+
+def test_pull_secret_on_the_ray_account_only_warns_for_the_jobs(run_preflight, tmp_path: Path) -> None:
+    """The Jobs run as their own ServiceAccount: a pull secret given to the Ray pods' account only leaves the
+    migration and the collector unable to pull the same image."""
+    manifests = copy_manifests(tmp_path / "kuberay", image="us-central1-docker.pkg.dev/signal-prod/images/signalgen")
+    accounts = manifests / "security" / "serviceaccount.yaml"
+    docs = [d for d in yaml.safe_load_all(accounts.read_text(encoding="utf-8")) if d]
+    for sa in docs:
+        if sa["metadata"]["name"] == "signalgen-ray":
+            sa["imagePullSecrets"] = [{"name": "artifact-registry"}]
+    accounts.write_text(yaml.safe_dump_all(docs, sort_keys=False), encoding="utf-8")
+    routes = ready_cluster()
+    routes[SECRETS]["items"].append({"metadata": {"name": "artifact-registry", "namespace": NS},
+                                     "data": {".dockerconfigjson": "<redacted>"}, "type": "kubernetes.io/dockerconfigjson"})
+    report, _ = run_preflight(routes, manifests=manifests)
+    image = result(report, "image")
+    assert image.status == WARN
+    assert "pull secrets artifact-registry for some pods, none for CronJob signalgen-collect-1h, Job signalgen-migrate" \
+        in image.detail
+    assert image.fix.startswith("add imagePullSecrets (artifact-registry) to the ServiceAccount signalgen-jobs too")
+
+    for sa in docs:
+        sa["imagePullSecrets"] = [{"name": "artifact-registry"}]
+    accounts.write_text(yaml.safe_dump_all(docs, sort_keys=False), encoding="utf-8")
+    report, _ = run_preflight(routes, manifests=manifests)
+    image = result(report, "image")
+    assert image.status == PASS and "(pull secrets artifact-registry)" in image.detail
 
 
 # --- Prometheus ----------------------------------------------------------------------------------------------

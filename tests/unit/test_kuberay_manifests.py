@@ -25,7 +25,7 @@ from tests.conftest import skip_or_fail
 KUBE_VERSION = "1.30.0"  # the oldest Kubernetes this is meant for; kubernetes-validate ships its schemas
 CUSTOM_GROUPS = {"ray.io", "monitoring.coreos.com"}
 CORE_KINDS = {"Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "ServiceAccount", "NetworkPolicy",
-              "PodDisruptionBudget"}
+              "PodDisruptionBudget", "Job", "CronJob"}
 NOT_API_OBJECTS = {"Kustomization", "Component"}  # kustomize's own files
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080,
@@ -139,7 +139,7 @@ def test_every_rendered_object_validates(obj):
 def test_the_kustomization_renders_the_custom_resources_it_needs():
     kinds = {o["kind"] for o in RENDERED}
     assert kinds == {"RayService", "PodMonitor", "PrometheusRule", "ConfigMap", "ServiceAccount", "NetworkPolicy",
-                     "PodDisruptionBudget"}
+                     "PodDisruptionBudget", "Job", "CronJob"}
     assert "Secret" not in kinds, "the Secret is created by hand (kubectl create secret), never applied from git"
     assert all(o["metadata"].get("namespace") == "crypto-trading" for o in RENDERED + SETUP if o["kind"] != "Namespace")
     # the parameter files are read by kustomize and never applied; every placeholder was replaced
@@ -260,6 +260,15 @@ def test_core_validation_is_strict():
     config["data"]["MYSQL_PORT"] = 3306
     with pytest.raises(kubernetes_validate.ValidationError):
         _core_validate(config)
+    job = copy.deepcopy(_one("Job", "signalgen-migrate"))
+    job["spec"]["ttlSecondAfterFinished"] = job["spec"].pop("ttlSecondsAfterFinished")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _core_validate(job)
+    cronjob = copy.deepcopy(_one("CronJob", "signalgen-collect-1h"))
+    cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"][
+        "secretKeyRef"]["key"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _core_validate(cronjob)
 
 
 def test_crds_missing_fail_in_ci_and_skip_locally(monkeypatch, tmp_path):
@@ -464,8 +473,10 @@ def test_no_password_in_what_is_applied():
     assert {e["kind"] for e in examples} == {"Secret"} and examples[0]["metadata"]["name"] == SECRET_NAME
     rendered = yaml.safe_dump_all(RENDERED + SETUP)
     for example in examples:
-        for placeholder in example["stringData"].values():
-            assert placeholder.startswith("REPLACE-ME") and placeholder not in rendered
+        for key, placeholder in example["stringData"].items():
+            if key == "username":  # a name, not a credential (the MySQL admin's and the collector's)
+                continue
+            assert placeholder.startswith("REPLACE-ME") and placeholder not in rendered, (key, placeholder)
     for obj in RENDERED:
         for c in h.iter_containers(obj):
             for e in c.get("env", []):
@@ -579,7 +590,7 @@ def test_ml_group_capacity_covers_the_ml_engine(cluster, serve_config):
 
 # ============================================================ a. security
 def test_only_the_autoscaler_holds_a_service_account_token(cluster):
-    sa = _one("ServiceAccount")
+    sa = _one("ServiceAccount", "signalgen-ray")
     assert sa.get("automountServiceAccountToken") is False
     for name, group in _groups(cluster):
         spec = group["template"]["spec"]
@@ -752,6 +763,271 @@ def test_parameters_default_to_the_documented_installs():
         assert m["metadata"]["labels"]["release"] == params["prometheusRelease"], _id(m)
 
 
+# ============================================================ a. the Jobs outside Ray: schema migration, collector
+MIGRATION_JOB, ADMIN_SECRET, COLLECTOR_SECRET = "signalgen-migrate", "signalgen-mysql-admin", "signalgen-mysql-collector"
+DEPLOY_STEP = ("signalgen/deploy-step", "migrate")  # `kubectl apply -k kuberay/ -l signalgen/deploy-step=migrate`
+
+
+def _job_template(obj: dict) -> dict:
+    """The pod template of a Job or a CronJob."""
+    return obj["spec"]["template"] if obj["kind"] == "Job" else obj["spec"]["jobTemplate"]["spec"]["template"]
+
+
+def _job_spec(obj: dict) -> dict:
+    return obj["spec"] if obj["kind"] == "Job" else obj["spec"]["jobTemplate"]["spec"]
+
+
+def _batch() -> list[dict]:
+    return [o for o in RENDERED if o["kind"] in ("Job", "CronJob")]
+
+
+def _secret_refs(container: dict) -> set[tuple[str, str]]:
+    return {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_the_migration_job_runs_store_migrate_as_the_admin():
+    job = _one("Job", MIGRATION_JOB)
+    (c,) = _job_template(job)["spec"]["containers"]
+    assert c["command"] == ["signalgen", "store", "migrate"] and "args" not in c
+    assert c["image"] == _one("CronJob", "signalgen-collect-1h")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"]["containers"][0]["image"] == _ray_container(_one("RayService")["spec"]["rayClusterConfig"][
+            "headGroupSpec"])["image"]   # the same image as the RayService (kustomize images: rewrites all)
+    assert c["envFrom"] == [{"configMapRef": {"name": CONFIGMAP}}]  # MYSQL_HOST, MYSQL_PORT, MYSQL_DATABASE
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MYSQL_USER"]["valueFrom"] == {"secretKeyRef": {"name": ADMIN_SECRET, "key": "username"}}
+    assert env["MYSQL_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": ADMIN_SECRET, "key": "password"}}
+    # the admin's credentials only: never the runtime user's Secret, which stays the workers' alone
+    assert _secret_refs(c) == {(ADMIN_SECRET, "username"), (ADMIN_SECRET, "password")}
+    assert "volumes" not in _job_template(job)["spec"] and set(env) == {"MYSQL_USER", "MYSQL_PASSWORD"}
+    assert {"MYSQL_HOST", "MYSQL_DATABASE", "MYSQL_USER"} <= set(_one("ConfigMap", CONFIGMAP)["data"])
+    spec = _job_spec(job)
+    assert _job_template(job)["spec"]["restartPolicy"] == "Never"
+    assert spec["backoffLimit"] <= 2 and spec["activeDeadlineSeconds"] > 0
+    # re-runnable: a fixed name, removed a day after it finished (a later apply runs it again, a no-op
+    # when the schema is current); the documented step deletes the previous run before applying a new one
+    assert job["metadata"]["name"] == MIGRATION_JOB and 3600 <= spec["ttlSecondsAfterFinished"] <= 7 * 86400
+    example = {d["metadata"]["name"]: d for d in h.load_documents(h.KUBERAY / "secret.example.yaml")}
+    assert set(example[ADMIN_SECRET]["stringData"]) == {"username", "password"}
+
+
+def test_the_migration_step_applies_everything_the_job_needs_and_nothing_else():
+    """`kubectl apply -k kuberay/ -l signalgen/deploy-step=migrate` applies the Job with the ConfigMap it reads,
+    its ServiceAccount and every NetworkPolicy that selects its pod (without them its pod would have no DNS and
+    no MySQL, or none of its restrictions); nothing of the RayService's."""
+    job = _one("Job", MIGRATION_JOB)
+    template = _job_template(job)
+    needed = {("Job", MIGRATION_JOB), ("ServiceAccount", template["spec"]["serviceAccountName"])}
+    needed |= {("ConfigMap", src["configMapRef"]["name"]) for c in template["spec"]["containers"]
+               for src in c.get("envFrom", []) if "configMapRef" in src}
+    needed |= {("NetworkPolicy", p["metadata"]["name"]) for p in RENDERED if p["kind"] == "NetworkPolicy"
+               and _selects(p["spec"]["podSelector"], template["metadata"]["labels"])}
+    key, value = DEPLOY_STEP
+    step = {(o["kind"], o["metadata"]["name"]) for o in RENDERED if o["metadata"].get("labels", {}).get(key) == value}
+    assert step == needed
+    assert {"signalgen-egress-dns-mysql", "signalgen-jobs-default-deny"} <= {n for k, n in step if k == "NetworkPolicy"}
+
+
+def test_network_policies_are_applied_before_any_workload():
+    """kubectl applies in the rendered order: the policies exist before the first pod of any workload starts."""
+    kinds = [o["kind"] for o in RENDERED]
+    last_policy = max(i for i, k in enumerate(kinds) if k == "NetworkPolicy")
+    first_workload = min(i for i, k in enumerate(kinds) if k in ("Job", "CronJob", "RayService"))
+    assert last_policy < first_workload, kinds
+
+
+def _cron_period_s(schedule: str) -> int:
+    """The period of a `*/N * * * *` or `M * * * *` schedule, in seconds (what the collector uses)."""
+    minute, *rest = schedule.split()
+    assert rest == ["*", "*", "*", "*"], schedule
+    return 60 * int(minute[2:]) if minute.startswith("*/") else 3600
+
+
+def test_the_collector_cronjob_runs_one_timeframe_often_and_never_overlaps():
+    cronjobs = [o for o in RENDERED if o["kind"] == "CronJob"]
+    assert [c["metadata"]["name"] for c in cronjobs] == ["signalgen-collect-1h"]
+    for cj in cronjobs:
+        name, spec = cj["metadata"]["name"], cj["spec"]
+        assert len(name) <= 52, name  # the controller names each Job <cronjob>-<minutes>
+        assert spec["schedule"] == "*/5 * * * *" and spec["concurrencyPolicy"] == "Forbid"
+        period = _cron_period_s(spec["schedule"])
+        assert 0 < spec["startingDeadlineSeconds"] < period
+        assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+        job = _job_spec(cj)
+        assert 0 < job["activeDeadlineSeconds"] < period, "a run must end before the next one is due"
+        assert job["backoffLimit"] == 0, "the next scheduled run is the retry"
+        template = _job_template(cj)
+        (c,) = template["spec"]["containers"]
+        timeframe = cj["metadata"]["labels"]["signalgen/timeframe"]
+        assert c["command"] == ["signalgen", "collect"] and c["args"] == ["--timeframes", timeframe]
+        assert name == f"signalgen-collect-{timeframe}" and template["metadata"]["labels"]["signalgen/timeframe"] == \
+            timeframe
+        assert c["envFrom"] == [{"configMapRef": {"name": CONFIGMAP}}]
+        assert _secret_refs(c) == {(COLLECTOR_SECRET, "username"), (COLLECTOR_SECRET, "password")}
+        assert {e["name"] for e in c["env"]} == {"MYSQL_USER", "MYSQL_PASSWORD"}
+    config = _one("ConfigMap", CONFIGMAP)["data"]
+    # the market, one place each, read by the CronJobs and the Ray pods alike (envFrom the same ConfigMap)
+    assert config["SIGNAL_EXCHANGE"] and config["SIGNAL_QUOTE"] and config["SIGNAL_SYMBOLS"]
+    assert all(re.fullmatch(r"[A-Z0-9]+", s) for s in config["SIGNAL_SYMBOLS"].split(","))
+    assert config["SIGNAL_EXCHANGE_URL"] == "", "by default the exchange's own API (a proxy's base URL when set)"
+    example = {d["metadata"]["name"]: d for d in h.load_documents(h.KUBERAY / "secret.example.yaml")}
+    assert set(example[COLLECTOR_SECRET]["stringData"]) == {"username", "password"}
+
+
+def test_the_jobs_pods_are_locked_down_like_the_ray_pods(cluster):
+    ray = cluster["workerGroupSpecs"][0]["template"]["spec"]["securityContext"]
+    for obj in _batch():
+        spec, name = _job_template(obj)["spec"], obj["metadata"]["name"]
+        assert spec["serviceAccountName"] == "signalgen-jobs" and spec["automountServiceAccountToken"] is False, name
+        assert _one("ServiceAccount", "signalgen-jobs").get("automountServiceAccountToken") is False
+        assert spec["restartPolicy"] == "Never", name
+        assert {k: spec["securityContext"][k] for k in ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile")} \
+            == {k: ray[k] for k in ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile")}, name
+        for c in spec["containers"]:
+            assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}, name
+            r = c["resources"]
+            assert r["requests"] == r["limits"], name  # Guaranteed: cpu, memory and ephemeral-storage
+            assert set(r["limits"]) == {"cpu", "memory", "ephemeral-storage"}, name
+            assert not {"readinessProbe", "livenessProbe"} & set(c), name
+        assert "Role" not in {o["kind"] for o in RENDERED}  # the account has no rights of its own
+
+
+def _job_pod_labels() -> dict[str, dict]:
+    return {o["metadata"]["name"]: dict(_job_template(o)["metadata"]["labels"]) for o in _batch()}
+
+
+def test_network_policies_of_the_jobs():
+    """The migration and the collector take no connection; they reach DNS and MySQL the way the Ray pods do, and
+    the collector also HTTPS (the exchange) on the parameter's addresses; no Ray port is open to them."""
+    policies = [o for o in RENDERED if o["kind"] == "NetworkPolicy"]
+    ray_dns = next(r["to"] for p in policies if p["metadata"]["name"] == "signalgen-egress-dns-mysql"
+                   for r in p["spec"]["egress"] if {53} == {port["port"] for port in r["ports"]})
+    expected = {MIGRATION_JOB: {53, 3306}, "signalgen-collect-1h": {53, 3306, 443}}
+    for name, labels in _job_pod_labels().items():
+        mine = [p for p in policies if _selects(p["spec"]["podSelector"], labels)]
+        assert not any(p["spec"]["podSelector"].get("matchExpressions", []) == [
+            {"key": "ray.io/cluster", "operator": "Exists"}] for p in mine), f"{name}: selected as a Ray pod"
+        assert any(set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not p["spec"].get("ingress")
+                   and not p["spec"].get("egress") for p in mine), f"{name}: no default deny"
+        assert not [r for p in mine for r in p["spec"].get("ingress", [])], f"{name}: takes connections"
+        egress = {}
+        for p in mine:
+            for rule in p["spec"].get("egress", []):
+                assert rule.get("to") and rule.get("ports"), (name, p["metadata"]["name"])
+                for port in rule["ports"]:
+                    egress.setdefault(port["port"], []).extend(rule["to"])
+        assert set(egress) == expected[name], name
+        assert all(peer in egress[53] for peer in ray_dns), name
+        assert {peer["ipBlock"]["cidr"] for peer in egress[3306]} == {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
+        if 443 in egress:
+            assert egress[443] == [{"ipBlock": {"cidr": _params()["collectorEgressCidr"]}}], name
+    # and no Ray pod admits them: Ray's intra-cluster peers select Ray pods only
+    intra = _one("NetworkPolicy", "signalgen-ray-intra-cluster")["spec"]["ingress"][0]["from"]
+    for name, labels in _job_pod_labels().items():
+        assert not any(_selects(peer["podSelector"], labels) for peer in intra), name
+
+
+def test_the_collector_alert_watches_the_rendered_cronjobs():
+    rule = _one("PrometheusRule")
+    alert = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "SignalgenCollectorFailing")
+    assert h.kube_state_metric_names() == {"kube_cronjob_status_last_successful_time", "kube_cronjob_created"}
+    assert h.kube_state_metric_names() <= h.KUBE_STATE_METRICS
+    (pattern,) = set(re.findall(r'cronjob=~"([^"]+)"', alert["expr"]))
+    assert set(re.findall(r'namespace="([^"]+)"', alert["expr"])) == {"crypto-trading"}
+    threshold = int(re.search(r"\)\s*>\s*(\d+)", alert["expr"]).group(1))
+    for cj in (o for o in RENDERED if o["kind"] == "CronJob"):
+        assert re.fullmatch(pattern, cj["metadata"]["name"]) and cj["metadata"]["namespace"] == "crypto-trading"
+        # several scheduled runs fail before it fires
+        assert threshold >= 5 * _cron_period_s(cj["spec"]["schedule"]), (threshold, cj["spec"]["schedule"])
+
+
+def _docs_section(heading: str) -> str:
+    """The text of a section of docs/kubernetes.md, from its heading to the next heading (outside code)."""
+    lines = (h.REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index(heading)
+    fenced, out = False, []
+    for line in lines[start + 1:]:
+        fenced ^= line.startswith("```")
+        if not fenced and re.match(r"#{1,3} ", line):
+            break
+        out.append(line)
+    return "\n".join(out)
+
+
+def test_the_deploy_docs_follow_the_real_order():
+    """docs/kubernetes.md's deploy block: setup, every Secret the pods need (the admin's included), preflight, the
+    migration step (delete the last run, apply the step's label, wait), then the rest - with the names the
+    manifests really use."""
+    block = re.search(r"```bash\n(.*?)```", _docs_section("## Deploy: setup, Secrets, preflight, apply"), re.S)[1]
+    lines = [line.split("#")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    lines = [line for line in lines if line]
+
+    def at(fragment: str) -> int:
+        (index,) = [i for i, line in enumerate(lines) if fragment in line]
+        return index
+
+    job = _one("Job", MIGRATION_JOB)["metadata"]["name"]
+    secrets = {ref for o in _batch() + [_one("RayService")] for c in h.iter_containers(o) for ref, _ in _secret_refs(c)}
+    secrets.add(_one("RayService")["spec"]["rayClusterConfig"]["authOptions"]["secretName"])
+    assert {ADMIN_SECRET, COLLECTOR_SECRET, SECRET_NAME} <= secrets
+    created = [at(f"create secret generic {name} ") for name in sorted(secrets)]
+    order = [at("kubectl apply --server-side -k kuberay/setup/"), max(created), at("signalgen k8s preflight"),
+             at(f"delete job {job} --ignore-not-found"),
+             at(f"kubectl apply --server-side -k kuberay/ -l {DEPLOY_STEP[0]}={DEPLOY_STEP[1]}"),
+             at(f"wait --for=condition=complete job/{job}"),
+             lines.index("kubectl apply --server-side -k kuberay/")]
+    assert order == sorted(order) and min(created) > order[0], lines
+
+
+BACKFILL_PATCHES = re.compile(r"kubectl patch --local -f - --type=json -o yaml -p '(\[.*?\])'", re.S)
+
+
+def test_the_documented_backfill_jobs_are_valid_collector_jobs(tmp_path):
+    """docs/kubernetes.md's backfill recipes, run for real: the job `kubectl create job --from=cronjob/...` makes
+    of the rendered CronJob (kubectl's createJobFromCronJob: the job template's labels and spec), patched with
+    `kubectl patch --local` and each documented patch, is a valid Job whose command line `signalgen` accepts."""
+    import shutil
+
+    from serve_app.cli import build_parser
+
+    if shutil.which("kubectl") is None:
+        skip_or_fail("kubectl is not installed")
+    cronjob = _one("CronJob", "signalgen-collect-1h")
+    template = cronjob["spec"]["jobTemplate"]
+    made = {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "signalgen-backfill-1", "namespace": cronjob["metadata"]["namespace"],
+                         "annotations": {"cronjob.kubernetes.io/instantiate": "manual",
+                                         **template["metadata"].get("annotations", {})},
+                         "labels": template["metadata"]["labels"]},
+            "spec": copy.deepcopy(template["spec"])}
+    section = _docs_section("### Backfill history")
+    assert "kubectl create job" in section and "--from=cronjob/signalgen-collect-1h" in section
+    patches = BACKFILL_PATCHES.findall(section)
+    assert len(patches) == 2, patches
+    commands = []
+    for patch in patches:
+        out = subprocess.run(["kubectl", "patch", "--local", "-f", "-", "--type=json", "-o", "yaml", "-p", patch],
+                             input=yaml.safe_dump(made), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        job = yaml.safe_load(out.stdout)
+        _core_validate(job)
+        assert job["spec"]["activeDeadlineSeconds"] > template["spec"]["activeDeadlineSeconds"]
+        pod = job["spec"]["template"]
+        # still the collector's pod: its NetworkPolicies, its Secret, its security context
+        assert pod["metadata"]["labels"] == template["spec"]["template"]["metadata"]["labels"]
+        assert pod["spec"] == {**template["spec"]["template"]["spec"], "containers": pod["spec"]["containers"]}
+        (c,) = pod["spec"]["containers"]
+        assert _secret_refs(c) == {(COLLECTOR_SECRET, "username"), (COLLECTOR_SECRET, "password")}
+        argv = c["command"] + c["args"]
+        assert argv[0] == "signalgen"
+        commands.append(build_parser().parse_args(argv[1:]))
+    collect, ingest = commands
+    assert collect.command == "collect" and collect.since is not None and collect.max_candles > 1000
+    assert collect.timeframes == ["1h"]
+    assert ingest.command == "ingest" and ingest.since is not None and ingest.timeframe == "1h"
+    assert ingest.symbols == _one("ConfigMap", CONFIGMAP)["data"]["SIGNAL_SYMBOLS"].split(",")
+
+
 # ============================================================ a. monitoring objects
 def test_pod_monitors_scrape_the_named_ports_and_relabel_the_cluster(cluster):
     pods = _pod_labels(cluster)
@@ -868,13 +1144,42 @@ def test_generator_refuses_what_it_cannot_do():
 
 
 def test_generator_check_mode(tmp_path):
-    manifest = tmp_path / "rayservice.yaml"
+    manifest, configmap = tmp_path / "rayservice.yaml", tmp_path / "configmap.yaml"
     manifest.write_text((h.KUBERAY / "rayservice.yaml").read_text())
-    assert GEN.main(["--check", "--manifest", str(manifest)]) == 0
+    configmap.write_text((h.KUBERAY / "configmap.yaml").read_text())
+    files = ["--manifest", str(manifest), "--configmap", str(configmap)]
+    assert GEN.main(["--check", *files]) == 0
     manifest.write_text(manifest.read_text().replace("route_prefix: /", "route_prefix: /x"))
-    assert GEN.main(["--check", "--manifest", str(manifest)]) == 1
-    assert GEN.main(["--manifest", str(manifest)]) == 0
+    assert GEN.main(["--check", *files]) == 1
+    assert GEN.main(files) == 0
     assert manifest.read_text() == (h.KUBERAY / "rayservice.yaml").read_text()
+    configmap.write_text(configmap.read_text().replace("SIGNAL_QUOTE: USDT", "SIGNAL_QUOTE: USD"))
+    assert GEN.main(["--check", *files]) == 1
+    assert GEN.main(files) == 0
+    assert configmap.read_text() == (h.KUBERAY / "configmap.yaml").read_text()
+
+
+def test_the_market_source_is_named_once_for_the_service_and_the_collector(serve_config):
+    """configs/serve_config.yaml's market_source is what the replicas read; `make kuberay` copies it into the
+    ConfigMap the collector and the migration read: the collector fills the market the service serves."""
+    text = (h.KUBERAY / "configmap.yaml").read_text(encoding="utf-8")
+    assert GEN.render_configmap(text, GEN.load_serve_config()) == text, "stale ConfigMap: run `make kuberay`"
+    config = _one("ConfigMap", CONFIGMAP)["data"]
+    (source,) = {json.dumps(app["args"]["market_source"], sort_keys=True) for app in serve_config["applications"]}
+    assert {"exchange": config["SIGNAL_EXCHANGE"], "quote": config["SIGNAL_QUOTE"]} == json.loads(source)
+    changed = GEN.load_serve_config()
+    changed["applications"][0]["args"]["market_source"] = {"exchange": "kraken", "quote": "USD"}
+    fresh = GEN.render_configmap(text, changed)
+    assert "  SIGNAL_EXCHANGE: kraken\n  SIGNAL_QUOTE: USD\n" in fresh
+    assert len(re.findall(r"^  SIGNAL_EXCHANGE:", fresh, re.M)) == 1
+    del changed["applications"][0]["args"]["market_source"]
+    with pytest.raises(ValueError, match="market_source"):
+        GEN.render_configmap(text, changed)
+    two = GEN.load_serve_config()
+    two["applications"].append(copy.deepcopy(two["applications"][0]))
+    two["applications"][1]["args"]["market_source"] = {"exchange": "kraken", "quote": "USD"}
+    with pytest.raises(ValueError, match="one market_source"):
+        GEN.render_configmap(text, two)
 
 
 # ============================================================ d. metric names (static part)

@@ -24,7 +24,8 @@ ASSIGNMENT = re.compile(r"""(?ix)
 # Values that are not credentials: empty, references to the environment / a Secret / a variable, or the
 # documented placeholder in kuberay/secret.example.yaml.
 ALLOWED_FILES_VALUES = {("kuberay/secret.example.yaml", v) for v in (
-    "REPLACE-ME-not-a-real-password", "REPLACE-ME-not-a-real-token", "REPLACE-ME-not-a-real-key")}
+    "REPLACE-ME-not-a-real-password", "REPLACE-ME-not-a-real-token", "REPLACE-ME-not-a-real-key",
+    "REPLACE-ME-not-a-real-admin-password", "REPLACE-ME-not-a-real-collector-password")}
 REFERENCE = re.compile(r"""(?x)^(
       \$.* | .*\$\{.*                          # $VAR, ${VAR}
     | <[^>]*> | \*+ | x+ | \.\.\.               # <placeholder>, ***, xxx, ...

@@ -87,3 +87,57 @@ def test_the_app_itself_refuses_a_misspelled_nested_key(section):
     """Not only this test: Serve's validation of `args` (AppArgs) fails the deploy on a typo in any section."""
     with pytest.raises(ValueError, match="misspeled_key"):
         AppArgs.model_validate({section: {"misspeled_key": 1}})
+
+
+def test_the_graph_reads_the_configured_market_source(config):
+    """Every stage that opens the store is given the config's market_source (FeatureEngine, MarketContext, and
+    Analytics, which scores outcomes on its candles)."""
+    from serve_app.app import build_app
+
+    args = {**config["applications"][0]["args"], "market_source": {"exchange": "kraken", "quote": "EUR"}}
+    given = {}
+    stack = [build_app(args)._bound_deployment]
+    while stack:
+        d = stack.pop()
+        if "market_source" in d.init_kwargs:
+            given[d.name] = d.init_kwargs["market_source"]
+        stack += [a._bound_deployment for a in list(d.init_args) + list(d.init_kwargs.values())
+                  if hasattr(a, "_bound_deployment")]
+    assert given == {name: {"exchange": "kraken", "quote": "EUR"} for name in ("FeatureEngine", "MarketContext",
+                                                                                "Analytics")}
+    assert config["applications"][0]["args"]["market_source"] == {"exchange": "binance", "quote": "USDT"}
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"exchange": "Binance", "quote": "USDT"}, "exchange"),
+    ({"exchange": "binance", "quote": "usdt"}, "quote"),
+    ({"exchange": "binance", "quote": "USDT", "venue": "spot"}, "venue"),
+])
+def test_a_bad_market_source_is_refused(source, message):
+    with pytest.raises(ValueError, match=message):
+        AppArgs.model_validate({"market_source": source})
+
+
+def test_the_config_wins_over_the_environment_and_says_so():
+    import logging
+
+    from serve_app.deployments.base import log, source_settings
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    log.addHandler(handler)
+    try:
+        env = {"SIGNAL_DB_PATH": "/tmp/x.sqlite", "SIGNAL_EXCHANGE": "kraken", "SIGNAL_QUOTE": "EUR"}
+        settings = source_settings({"exchange": "binance", "quote": "USDT"}, "features", env)
+        agreeing = source_settings({"exchange": "kraken", "quote": "EUR"}, "market_context", env)
+    finally:
+        log.removeHandler(handler)
+    assert (settings.exchange, settings.quote, str(settings.sqlite_path)) == ("binance", "USDT", "/tmp/x.sqlite")
+    assert agreeing.source == "kraken/EUR"
+    warning, info = records
+    assert warning.levelno == logging.WARNING and info.levelno == logging.INFO
+    assert warning.getMessage() == ("features: the serve config's market_source is binance/USDT but the environment "
+                                    "says SIGNAL_EXCHANGE=kraken, SIGNAL_QUOTE=EUR: serving binance/USDT (the config "
+                                    "wins)")
+    assert info.getMessage() == "market_context: market data source kraken/EUR (the serve config's market_source)"

@@ -18,7 +18,7 @@ from serve_app.store import StoreError, StoreUnavailable, open_store
 from serve_app.core.timeutil import HOUR_MS, timeframe_ms
 from serve_app.data.sample import NEWS_PREFIX, SAMPLE_SOURCE, SAMPLE_SYMBOLS, sample_candles, sample_news
 from serve_app.store.sqlite_store import SQLiteStore
-from tests.store_contract import T0, StoreContract, candle_rows, make_signal
+from tests.store_contract import T0, StoreContract, candle_rows, make_signal, store_opener
 
 
 @pytest.fixture
@@ -27,6 +27,24 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     assert isinstance(s, SQLiteStore)
     yield s
     s.close()
+
+
+@pytest.fixture
+def same_database(store: SQLiteStore) -> Iterator:
+    def open_(exchange: str, quote: str) -> SQLiteStore:
+        other = SQLiteStore(store.path, exchange=exchange, quote=quote)
+        other.migrate()
+        return other
+
+    with store_opener(open_) as opener:
+        yield opener
+
+
+@pytest.fixture
+def new_database(tmp_path: Path) -> Iterator:
+    with store_opener(lambda exchange, quote: SQLiteStore(tmp_path / "new.sqlite", exchange=exchange,
+                                                          quote=quote)) as opener:
+        yield opener
 
 
 class TestSQLiteContract(StoreContract):
@@ -248,4 +266,4 @@ def test_cli_refuses_to_mix_the_sample_into_other_data(tmp_path: Path) -> None:
 
 def test_cli_migrate(tmp_path: Path) -> None:
     result = run_cli(tmp_path / "m.sqlite", "migrate")
-    assert result.returncode == 0 and "versions [1]" in result.stdout
+    assert result.returncode == 0 and "versions [1, 2]" in result.stdout

@@ -87,6 +87,18 @@ def test_each_block_names_its_reason(kw, needle):
     assert any(needle in r for r in out.reasons), out.reasons
 
 
+
+@pytest.mark.parametrize("limit_s, age_s, reason", [
+    (7200, 3 * 3600, "stale data: last candle opened 3.0 h before the signal time (limit 2.0 h)"),
+    (150, 156, "stale data: last candle opened 2.6 min before the signal time (limit 2.5 min)"),
+    (90, 95, "stale data: last candle opened 95 s before the signal time (limit 90 s)"),
+])
+def test_the_stale_data_reason_reads_age_and_limit_in_the_limits_unit(limit_s, age_s, reason):
+    """Minute candles have limits of minutes: "0.0 h (limit 0.0 h)" would say nothing."""
+    out = assess(_item(last_open_time_ms=int(NOW * 1000) - age_s * 1000), TRADE,
+                 RiskConfig(max_data_age_s=limit_s), ExposureBook(3600), now=NOW)
+    assert out.blocked_by == ("stale_data",) and "blocked: " + reason in out.reasons, out.reasons
+
 def test_caps_per_symbol_and_total_exposure():
     cfg = RiskConfig(max_symbol_fraction=0.2, max_total_exposure_fraction=0.3)
     book = ExposureBook(3600)
