@@ -6,6 +6,8 @@ The planted effect is one no naive forecast sees: where a candle closes inside i
 The candle's own return is drawn independently of where it closes, so the last return's sign (the momentum
 baseline) and the class frequencies (the prior) know nothing of it; the model's `close_pos` feature does.
 With effect=0 the series is a pure random walk: no feature can know anything of the future.
+
+`always_up_registry` trains the opposite: a model on a series that only rises, which calls BUY on anything.
 """
 from __future__ import annotations
 
@@ -91,3 +93,27 @@ def write_csv(path: Path, s: Series, time_header: str = "timestamp", stamp: Call
                 row += [str(int(s.ts[i]) + 59_999), f"{s.volume[i] * s.close[i]:.2f}", "17"]
             w.writerow(row)
     return path
+
+
+def always_up_registry(root: Path, timeframe: str = "1h", **train_args) -> str:
+    """A model registry under root/models whose CURRENT model was trained on a `timeframe` series rising 0.3 %
+    a candle (plus a little noise): every label is `up`, so it calls BUY with high confidence on any
+    features (the risk rules then have something to block). `train_args` go to train() (e.g. `horizon`:
+    the derived label spec of a short timeframe needs more candles than these). Returns the version."""
+    from serve_app.core.timeutil import timeframe_ms
+    from serve_app.store.base import Candles
+    from serve_app.store.sqlite_store import SQLiteStore
+    from serve_app.training.train import train
+
+    n, step = 1_500, timeframe_ms(timeframe)
+    rng = np.random.default_rng(1)
+    close = 100.0 * np.cumprod(1.003 + rng.normal(0, 0.0005, n))
+    open_ = np.concatenate([[close[0] / 1.003], close[:-1]])
+    t = np.arange(n, dtype=np.int64) * step
+    candles = Candles("UP", timeframe, t, open_, np.maximum(open_, close) * 1.001, np.minimum(open_, close) * 0.999,
+                      close, np.full(n, 1000.0))
+    with SQLiteStore(root / f"rising-{timeframe}.sqlite") as store:
+        store.migrate()
+        store.upsert_candles("UP", timeframe, candles.to_rows())
+        return train(store, symbols=["UP"], timeframe=timeframe, root=root / "models", n_estimators=20,
+                     **train_args).name

@@ -140,12 +140,12 @@ def pre_trade_blocks(inp: SignalInput, candle: CandleFacts, pred: Prediction,
 
 
 def _in_unit_of(seconds: float, limit_s: float) -> str:
-    """`seconds` in the unit that reads `limit_s` best (h from 2 h, min from 2 min, else s), so that an age
-    and its limit compare at a glance: "3.0 h (limit 2.0 h)" on hourly candles, "2.6 min (limit 2.5 min)"
-    on minute candles."""
+    """`seconds` in the unit that reads `limit_s` best (h from 2 h, min from 10 min, else s), so that an age
+    and its limit compare at a glance: "3.0 h (limit 2.0 h)" on hourly candles, "157 s (limit 150 s)" on
+    minute candles."""
     if limit_s >= 7200:
         return f"{seconds / 3600:.1f} h"
-    if limit_s >= 120:
+    if limit_s >= 600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds:.0f} s"
 

@@ -58,15 +58,17 @@ def signal_app(ray_dashboard: str, sample_env: dict[str, str]) -> Iterator[dict]
         yield {"url": base, "client": client, "env": sample_env, "status": status, "dashboard": ray_dashboard}
 
 
-def session_apps_config(http_port: int, env: dict[str, str], name: str, app_env: dict[str, str] | None) -> dict:
+def session_apps_config(http_port: int, env: dict[str, str], name: str, app_env: dict[str, str] | None,
+                        args: dict | None = None) -> dict:
     """The serve config of the session's two apps exactly as `signal_app` deploys them (so a PUT leaves them
     running untouched), plus, when `app_env` is given, a third copy under /<name> with that environment, tiny
-    CPU reservations and a candle refresh every second. A PUT without it deletes that third app."""
+    CPU reservations, a candle refresh every second and `args` over its app args (top-level keys replace the
+    config's). A PUT without it deletes that third app."""
     extra = dict(STORE_DOWN_APP)
     if app_env is not None:
         extra[name] = app_env
     return serve_config_for_test(http_port, env, overrides={"refresh_interval_s": 2}, extra_apps=extra,
-                                 extra_app_overrides={name: {"refresh_interval_s": 1}},
+                                 extra_app_overrides={name: {"refresh_interval_s": 1, **(args or {})}},
                                  extra_app_num_cpus={name: 0.01})
 
 

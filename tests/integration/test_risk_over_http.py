@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import socket
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-import numpy as np
 import pytest
 
 from serve_app.cluster import deploy, wait_deleted
-from serve_app.store.base import Candles
 from tests.integration.conftest import STORE_DOWN_APP
+from tests.market_fixtures import always_up_registry
 from tests.ray_helpers import serve_config_for_test
 
 pytestmark = pytest.mark.integration
@@ -29,25 +27,6 @@ pytestmark = pytest.mark.integration
 APPS = ("riskcheck", "exposure")
 EXPOSURE_RISK = {"max_symbol_fraction": 0.10, "max_total_exposure_fraction": 0.25}
 EQUITY = 10_000.0
-
-
-def always_up_registry(root: Path) -> str:
-    """A registry whose CURRENT model was trained on a series rising 0.3 % an hour (plus a little noise):
-    every label is `up`, so it calls BUY with high confidence on any features."""
-    from serve_app.store.sqlite_store import SQLiteStore
-    from serve_app.training.train import train
-
-    n, step = 1_500, 3_600_000
-    rng = np.random.default_rng(1)
-    close = 100.0 * np.cumprod(1.003 + rng.normal(0, 0.0005, n))
-    open_ = np.concatenate([[close[0] / 1.003], close[:-1]])
-    t = np.arange(n, dtype=np.int64) * step
-    candles = Candles("UP", "1h", t, open_, np.maximum(open_, close) * 1.001, np.minimum(open_, close) * 0.999,
-                      close, np.full(n, 1000.0))
-    with SQLiteStore(root / "rising.sqlite") as store:
-        store.migrate()
-        store.upsert_candles("UP", "1h", candles.to_rows())
-        return train(store, symbols=["UP"], root=root / "models", n_estimators=20).name
 
 
 @pytest.fixture(scope="module")
