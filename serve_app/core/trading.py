@@ -42,7 +42,7 @@ class RiskConfig(BaseModel):
     max_symbol_fraction: float = Field(0.2, gt=0, le=1, description="notional cap per symbol, share of equity")
     max_total_exposure_fraction: float = Field(0.6, gt=0, le=5, description="cap on all open notional")
     max_atr_pct: float = Field(0.06, gt=0, description="volatility circuit breaker: ATR/price above this blocks")
-    max_data_age_s: float = Field(7200.0, gt=0, description="last candle older than this (vs as-of time) blocks")
+    max_data_age_s: float = Field(8100.0, gt=0, description="last candle older than this (vs as-of time) blocks")
     max_price_deviation: float = Field(0.10, gt=0, description="|price/last_close - 1| above this blocks")
     position_ttl_s: float = Field(4 * 3600.0, gt=0, description="how long an approved position counts as exposure")
 
