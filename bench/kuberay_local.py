@@ -93,12 +93,32 @@ def kuberay_like_cluster(rayservice: dict, extra_env: dict[str, str]) -> Iterato
             node_env = {**env, GROUP_ENV: group}
             if group != "head":
                 node_env["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
-            subprocess.run(cmd, env=node_env, check=True, capture_output=True, timeout=180)
+            _start_node(group, cmd, node_env, metrics_ports)
         yield {"dashboard": f"http://127.0.0.1:{dash_port}", "token": token, "metrics_ports": metrics_ports,
                "env": env, "temp_dir": temp_dir, "gcs_port": gcs_port}
     finally:
         left = stop_processes(temp_dir)
         assert not left, f"processes still running after stop: {left}"
+
+
+def _start_node(group: str, cmd: list[str], env: dict[str, str], metrics_ports: list[int]) -> None:
+    """`ray start` for one node. A worker node that fails to start is tried once more on a fresh metrics port
+    (free_port() only finds a port that was free a moment ago: another process on the machine may take it
+    first); a second failure raises with `ray start`'s own output."""
+    for attempt in (1, 2):
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        if run.returncode == 0:
+            return
+        if group == "head" or attempt == 2:
+            raise RuntimeError(f"ray start of the {group} node failed (exit {run.returncode}): "
+                               f"{(run.stderr or run.stdout).strip()[-2000:]}")
+        print(f"ray start of the {group} node failed, trying again on a fresh metrics port: "
+              f"{(run.stderr or run.stdout).strip()[-500:]}", file=sys.stderr)
+        flag = next(i for i, a in enumerate(cmd) if a.startswith("--metrics-export-port="))
+        old_port = int(cmd[flag].split("=", 1)[1])
+        new_port = free_port()
+        cmd[flag] = f"--metrics-export-port={new_port}"
+        metrics_ports[metrics_ports.index(old_port)] = new_port
 
 
 def sample_environment(root: Path, n_estimators: int = 60) -> dict[str, str]:

@@ -141,13 +141,18 @@ def pre_trade_blocks(inp: SignalInput, candle: CandleFacts, pred: Prediction,
 
 def _in_unit_of(seconds: float, limit_s: float) -> str:
     """`seconds` in the unit that reads `limit_s` best (h from 2 h, min from 10 min, else s), so that an age
-    and its limit compare at a glance: "3.0 h (limit 2.0 h)" on hourly candles, "157 s (limit 150 s)" on
+    and its limit compare at a glance: "3 h (limit 2.25 h)" on hourly candles, "157 s (limit 150 s)" on
     minute candles."""
     if limit_s >= 7200:
-        return f"{seconds / 3600:.1f} h"
+        return f"{_trim(seconds / 3600)} h"
     if limit_s >= 600:
-        return f"{seconds / 60:.1f} min"
+        return f"{_trim(seconds / 60)} min"
     return f"{seconds:.0f} s"
+
+
+def _trim(x: float) -> str:
+    """Up to two decimals, no trailing zeros: 3, 2.25, 16.67."""
+    return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
 def assess(work: Work, trade: TradeConfig, cfg: RiskConfig, book: ExposureBook, now: float | None = None) -> Verdict:

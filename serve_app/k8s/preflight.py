@@ -43,8 +43,11 @@ PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 # What the manifests are written for (kuberay/rayservice.yaml: "Needs the KubeRay operator v1.7").
 KUBERAY_VERSION = "v1.7.0"
 KUBERAY_MIN_VERSION = (1, 6)          # spec.rayClusterConfig.authOptions appeared in KubeRay 1.6
+# --force-conflicts: on a Helm install Helm's field manager owns the CRDs' fields, and a server-side apply without
+# it stops on the conflicts instead of upgrading them.
 CRD_UPGRADE = (f'kubectl apply --server-side -k "github.com/ray-project/kuberay/ray-operator/config/crd?ref='
-               f'{KUBERAY_VERSION}"  (helm upgrade does not upgrade CRDs)')
+               f'{KUBERAY_VERSION}" --force-conflicts  (helm upgrade does not upgrade CRDs; --force-conflicts '
+               "takes their fields over from Helm's field manager)")
 OPERATOR_INSTALL = (f"helm install kuberay-operator kuberay/kuberay-operator --version {KUBERAY_VERSION[1:]} "
                     "(docs/kubernetes.md, Prerequisites)")
 OPERATOR_LABEL_SELECTOR = "app.kubernetes.io/component=kuberay-operator"   # Helm chart and kustomize install

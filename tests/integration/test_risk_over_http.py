@@ -87,10 +87,10 @@ def test_stale_data_blocks_a_signal_whose_last_candle_is_too_old(risk_apps: dict
     control = buy(risk_apps, "riskcheck", "BTC")
     assert not has(control, "stale data")
     last_open = datetime.fromisoformat(control["data"]["last_candle_open"].replace("Z", "+00:00"))
-    asof = (last_open + timedelta(hours=3)).isoformat()                  # past max_data_age_s (2 h)
+    asof = (last_open + timedelta(hours=3)).isoformat()                  # past max_data_age_s (2 h 15 min)
     late = buy(risk_apps, "riskcheck", "BTC", timestamp=asof)
     assert not late["risk"]["approved"] and late["position"]["size"] == 0
-    assert has(late, "stale data: last candle opened 3.0 h before the signal time (limit 2.0 h)"), late["risk"]
+    assert has(late, "stale data: last candle opened 3 h before the signal time (limit 2.25 h)"), late["risk"]
 
 
 def test_volatility_circuit_breaker_blocks_every_buy(risk_apps: dict) -> None:

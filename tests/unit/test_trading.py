@@ -89,8 +89,9 @@ def test_each_block_names_its_reason(kw, needle):
 
 
 @pytest.mark.parametrize("limit_s, age_s, reason", [
-    (7200, 3 * 3600, "stale data: last candle opened 3.0 h before the signal time (limit 2.0 h)"),
-    (900, 1000, "stale data: last candle opened 16.7 min before the signal time (limit 15.0 min)"),
+    (7200, 3 * 3600, "stale data: last candle opened 3 h before the signal time (limit 2 h)"),
+    (8100, 3 * 3600, "stale data: last candle opened 3 h before the signal time (limit 2.25 h)"),
+    (900, 1000, "stale data: last candle opened 16.67 min before the signal time (limit 15 min)"),
     (150, 157, "stale data: last candle opened 157 s before the signal time (limit 150 s)"),
 ])
 def test_the_stale_data_reason_reads_age_and_limit_in_the_limits_unit(limit_s, age_s, reason):
