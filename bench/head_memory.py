@@ -37,32 +37,14 @@ import httpx
 import yaml
 
 from bench.kuberay_local import GROUP_ENV, ROOT, kuberay_like_cluster, load_rayservice, sample_environment
-from scripts.ray_procs import pids_with
+from scripts.ray_procs import descendants, pids_with
 from serve_app.cluster import free_port, wait_running
 
 OUT = ROOT / "kuberay" / "head-sizing.json"
 
 
-def _descendants(roots: set[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(p.name))
-    found, stack = set(roots), list(roots)
-    while stack:
-        for c in children.get(stack.pop(), []):
-            if c not in found:
-                found.add(c)
-                stack.append(c)
-    return found
-
-
 def head_pids() -> set[int]:
-    return _descendants(set(pids_with(env=(GROUP_ENV, "head"))))
+    return descendants(set(pids_with(env=(GROUP_ENV, "head"))))
 
 
 def _rollup(pid: int) -> dict[str, int]:

@@ -21,6 +21,7 @@ import yaml
 from scripts.ray_procs import CLUSTER_ENV
 from scripts.ray_procs import stop as stop_processes
 from serve_app.cluster import free_port
+from serve_app.k8s.preflight import parse_quantity
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYSERVICE = ROOT / "kuberay" / "rayservice.yaml"
@@ -63,8 +64,7 @@ def kuberay_env(cluster: str, token: str, extra: dict[str, str]) -> dict[str, st
 
 def _cpus(container: dict[str, Any]) -> str:
     """num-cpus as KubeRay derives it from the container's CPU limit (whole CPUs)."""
-    limit = str(container["resources"]["limits"]["cpu"])
-    return str(int(float(limit[:-1]) / 1000) if limit.endswith("m") else int(float(limit)))
+    return str(int(parse_quantity(container["resources"]["limits"]["cpu"])))
 
 
 @contextmanager

@@ -113,14 +113,18 @@ def pids_of(marker: str) -> list[int]:
     show the environment). Never this process or its parents (the cleanup of run_local.sh runs inside the
     cluster's environment)."""
     mine = _ancestors()
-    found = set(pids_with(cmdline=marker, env=(CLUSTER_ENV, marker), exclude=mine))
-    children, stack = _children(), list(found)
+    return sorted(descendants(set(pids_with(cmdline=marker, env=(CLUSTER_ENV, marker), exclude=mine)), mine))
+
+
+def descendants(roots: set[int], exclude: set[int] = frozenset()) -> set[int]:
+    """`roots` and every process below them (by parent pid), other than `exclude`."""
+    found, children, stack = set(roots), _children(), list(roots)
     while stack:
         for child in children.get(stack.pop(), []):
-            if child not in found and child not in mine:
+            if child not in found and child not in exclude:
                 found.add(child)
                 stack.append(child)
-    return sorted(found)
+    return found
 
 
 def _serve_run_pids(pids: list[int]) -> list[int]:
